@@ -1,0 +1,11 @@
+"""Same as `tdms-evaluate`; see `python scripts/evaluate.py --help`.
+
+python scripts/evaluate.py --input I --results O --processed P --out eval/
+"""
+
+import sys
+
+from tdms.commands.evaluate import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""Batch evaluation: methods x datasets x tasks over Lai et al.'s layout, parallel and resumable.
+
+Every video is scored once per method into OUT/<method>/videos/<task>/<dataset>/<video>.json as soon as
+it finishes; a rerun with the same settings skips those. The processed videos are scored as the method
+"processed" (warping error only), which gives every method's D_t. Flows and tracking references are
+computed once per input video in this process before the parallel work starts.
+"""
+
+import json
+import math
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from tdms.dataset import read_list, read_tasks
+from tdms.evaluate import Options, Tracking, evaluate_video, reference
+from tdms.flow import build_flow
+from tdms.flow.cache import FlowCache
+from tdms.io import write_bytes_atomic
+from tdms.lpips import load_lpips
+
+PROCESSED = "processed"  # the method name of the processed videos themselves
+
+
+@dataclass
+class DataSection:
+    root: str = "data"  # Lai et al.'s layout: root/<phase>/{input,processed}, root/lists
+    phase: str = "test"
+    tasks_list: str = ""  # default root/lists/<phase>_tasks.txt
+    annotations: str = ""  # DAVIS annotations root (<video>/%05d.png); default root/Annotations/480p
+
+
+@dataclass
+class FlowSection:
+    backend: str = "dis"
+    preset: str = "medium"
+    device: str = "cpu"
+    cache: str = ""  # default root/cache/flow
+
+
+@dataclass
+class LpipsSection:
+    enabled: bool = True
+    net: str = "alex"  # alex | squeeze | vgg
+    weights: str = ""  # backbone file; default torchvision's cache
+
+
+@dataclass
+class TrackingSection:
+    enabled: bool = True
+    tracker: str = "csrt"  # csrt | kcf
+
+
+@dataclass
+class RunSection:
+    out: str = "eval"
+    jobs: int = 1  # parallel processes
+    resize: bool = False  # resize result frames of another size instead of failing that video
+    videos: int = 3  # side-by-side comparison videos for the first N videos (0 = none)
+
+
+@dataclass
+class EvalConfig:
+    data: DataSection = field(default_factory=DataSection)
+    methods: dict = field(default_factory=dict)  # name -> results root of <task>/<dataset>/<video>/
+    flow: FlowSection = field(default_factory=FlowSection)
+    lpips: LpipsSection = field(default_factory=LpipsSection)
+    tracking: TrackingSection = field(default_factory=TrackingSection)
+    run: RunSection = field(default_factory=RunSection)
+
+
+@dataclass
+class Job:
+    method: str
+    dataset: str
+    task: str
+    video: str
+    input: Path
+    processed: Path
+    results: Path
+    annotations: Path
+    out: Path  # the per-video JSON
+
+    @property
+    def key(self) -> dict:
+        return {"method": self.method, "dataset": self.dataset, "task": self.task, "video": self.video}
+
+
+def plan(cfg: EvalConfig) -> list[Job]:
+    """The processed jobs, then every method's, for each "<dataset> <task>" line x the dataset's videos."""
+    if not cfg.methods:
+        raise ValueError("no methods to evaluate: give methods in the config or --results name=path")
+    if PROCESSED in cfg.methods:
+        raise ValueError(f"method name {PROCESSED!r} is reserved for the processed videos")
+    root, out = Path(cfg.data.root), Path(cfg.run.out)
+    tasks = Path(cfg.data.tasks_list) if cfg.data.tasks_list else root / "lists" / f"{cfg.data.phase}_tasks.txt"
+    if cfg.data.tasks_list and not tasks.is_absolute() and not tasks.exists():
+        tasks = root / tasks  # relative to the data root, as in the training config
+    annotations = Path(cfg.data.annotations) if cfg.data.annotations else root / "Annotations" / "480p"
+    methods = {PROCESSED: None, **{k: Path(v) for k, v in cfg.methods.items()}}
+    jobs = []
+    for method, results in methods.items():
+        for dataset, task in read_tasks(tasks):
+            for video in read_list(root / "lists" / f"{dataset}_{cfg.data.phase}.txt"):
+                processed = root / cfg.data.phase / "processed" / task / dataset / video
+                jobs.append(Job(method, dataset, task, video, root / cfg.data.phase / "input" / dataset / video,
+                                processed, results / task / dataset / video if results else processed,
+                                annotations / video, out / method / "videos" / task / dataset / f"{video}.json"))
+    return jobs
+
+
+def settings(cfg: EvalConfig, method: str) -> dict:
+    """Everything a per-video result depends on besides its frames: a finished result is reused only if equal.
+    The processed videos get only the warping error, so LPIPS and tracking settings do not touch them."""
+    out = {"flow": asdict(cfg.flow) | {"device": None}, "resize": cfg.run.resize}
+    if method != PROCESSED:
+        out.update(lpips=asdict(cfg.lpips), tracking=asdict(cfg.tracking))
+    return out
+
+
+def finished(job: Job, cfg: EvalConfig) -> dict | None:
+    """The stored result of a job if it is complete and was made with the same settings."""
+    try:
+        row = json.loads(job.out.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return row if row.get("status") == "ok" and row.get("settings") == settings(cfg, job.method) else None
+
+
+def open_cache(cfg: EvalConfig) -> FlowCache:
+    root = Path(cfg.flow.cache) if cfg.flow.cache else Path(cfg.data.root) / "cache" / "flow"
+    return FlowCache(root, build_flow(cfg.flow.backend, cfg.flow.preset, cfg.flow.device))
+
+
+def lpips_state(cfg: EvalConfig) -> tuple[object, str]:
+    """(model, "") or (None, why not)."""
+    if not cfg.lpips.enabled:
+        return None, "skipped (--no-lpips)"
+    try:
+        return load_lpips(cfg.lpips.net, cfg.lpips.weights or None), ""
+    except (FileNotFoundError, ValueError) as err:
+        return None, str(err)
+
+
+def tracking_spec(cfg: EvalConfig, job: Job) -> Tracking | None:
+    return Tracking(cfg.tracking.tracker, annotations=job.annotations) if cfg.tracking.enabled else None
+
+
+def prepare(jobs: list[Job], cfg: EvalConfig, cache: FlowCache, progress: bool = True) -> None:
+    """Flows, then the tracking reference, of each input video (once); reference errors are left to the jobs."""
+    videos = {job.input: job for job in jobs if job.input.is_dir()}
+    for video, job in tqdm(videos.items(), desc="flows", disable=not progress):
+        try:
+            cache.prepare(video, progress=False)
+            if cfg.tracking.enabled:
+                reference(cache, video, tracking_spec(cfg, job))
+        except (ValueError, FileNotFoundError):
+            pass  # the video's jobs hit the same error and record it
+
+
+_STATE: dict = {}  # per process: cfg, cache, lpips model and note
+
+
+def init_worker(cfg: EvalConfig, threads: int = 0) -> None:
+    if threads:
+        import cv2
+        import torch
+
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
+    model, note = lpips_state(cfg)
+    _STATE.update(cfg=cfg, cache=open_cache(cfg), lpips=model, lpips_note=note)
+
+
+def score(job: Job) -> dict:
+    """Evaluate one job in this process and store its JSON; status ok, missing or error (with a note)."""
+    cfg, start = _STATE["cfg"], time.time()
+    row = {**job.key, "settings": settings(cfg, job.method)}
+    missing = [str(p) for p in dict.fromkeys((job.input, job.processed, job.results)) if not p.exists()]
+    if missing:
+        row.update(status="missing", note="not found: " + ", ".join(missing))
+    else:
+        is_processed = job.method == PROCESSED
+        options = Options(lpips=_STATE["lpips"], lpips_note=_STATE["lpips_note"], resize=cfg.run.resize,
+                          tracking=None if is_processed else tracking_spec(cfg, job), processed_error=False)
+        try:
+            metrics = evaluate_video(_STATE["cache"], job.input, job.results, None if is_processed else job.processed,
+                                     options, progress=False)
+            row.update(status="ok", **metrics)
+        except (ValueError, FileNotFoundError) as err:
+            row.update(status="error", note=str(err))
+    row["seconds"] = round(time.time() - start, 3)
+    write_bytes_atomic(job.out, (json.dumps(encode(row)) + "\n").encode())
+    return row
+
+
+def encode(x):
+    """Non-finite floats as the strings "nan"/"inf"/"-inf", so the stored JSON stays strict."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if isinstance(x, dict):
+        return {k: encode(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [encode(v) for v in x]
+    return x
+
+
+def decode(x):
+    if isinstance(x, str) and x in ("nan", "inf", "-inf"):
+        return float(x)
+    if isinstance(x, dict):
+        return {k: decode(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [decode(v) for v in x]
+    return x
+
+
+def run(cfg: EvalConfig, progress: bool = True) -> tuple[list[dict], dict]:
+    """Score every job not finished yet; returns (all rows in job order, timing/count info)."""
+    start, jobs = time.time(), plan(cfg)
+    done = {k: row for k, job in enumerate(jobs) if (row := finished(job, cfg)) is not None}
+    todo = [k for k in range(len(jobs)) if k not in done]
+    info = {"jobs": len(jobs), "reused": len(done), "scored": len(todo)}
+    if todo:
+        cache = open_cache(cfg)
+        prepare([jobs[k] for k in todo], cfg, cache, progress)
+        info["prepare_seconds"] = round(time.time() - start, 3)
+        bar = tqdm(total=len(todo), desc="evaluate", disable=not progress)
+        if cfg.run.jobs <= 1:
+            init_worker(cfg)
+            for k in todo:
+                done[k] = score(jobs[k])
+                bar.update(1)
+        else:
+            context = multiprocessing.get_context("spawn")  # no fork after torch/OpenCV started their threads
+            with ProcessPoolExecutor(cfg.run.jobs, context, init_worker, (cfg, 1)) as pool:
+                futures = {pool.submit(score, jobs[k]): k for k in todo}
+                for future in as_completed(futures):
+                    done[futures[future]] = future.result()
+                    bar.update(1)
+        bar.close()
+    info["seconds"] = round(time.time() - start, 3)
+    return [decode(done[k]) for k in range(len(jobs))], info

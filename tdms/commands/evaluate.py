@@ -1,0 +1,208 @@
+"""tdms-evaluate: warping error (Lai et al.), D_t, LPIPS, tracking IoU and composite (TDMS), PSNR/SSIM.
+
+Examples:
+    tdms-evaluate --input I --results O --processed P --out eval/       # one video: folders or video files
+    tdms-evaluate --input I --results O --processed P --box 40,30,64,48 --tracker kcf --no-lpips --out eval/
+    tdms-evaluate --config configs/eval_builder_test.yaml               # methods x datasets x tasks
+    tdms-evaluate --config configs/eval_builder_test.yaml --jobs 2 --set run.out=eval/try lpips.net=squeeze
+    tdms-evaluate --data-dir data --results tdms=outputs/tdms naive=outputs/naive --out eval/ --jobs 2
+
+One video: OUT/metrics.json (and OUT/warping_error.png). Batch: OUT/<method>/videos/... (one JSON per
+video, reused by a rerun), OUT/videos.csv, OUT/tables.md, OUT/metrics.json, OUT/plots/ and OUT/videos/.
+Flows are computed on the input frames once and cached (default: OUT/flow_cache for one video,
+DATA/cache/flow in batch mode). LPIPS needs torchvision's backbone file ($TORCH_HOME/hub/checkpoints/,
+e.g. alexnet-owt-7be5be79.pth) or --lpips-weights; without it LPIPS and the composite are null, with the
+reason. Tracking IoU starts from the DAVIS annotation box (DATA/Annotations/480p/<video>/) when there is
+one, else from --box, else from the largest region moving against the camera in the first frames
+(the centre half of the frame if there is none); the reference is then the same tracker on the input.
+"""
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from tdms.batch import PROCESSED, EvalConfig, plan, run
+from tdms.config import load_config
+from tdms.evaluate import Options, Tracking, evaluate_video
+from tdms.flow import BACKENDS, build_flow
+from tdms.flow.cache import FlowCache
+from tdms.io import FrameSource, write_bytes_atomic
+from tdms.lpips import NETS, load_lpips
+from tdms.pictures import comparison_videos, error_plots, task_bars
+from tdms.report import TABLES, jsonable_summary, markdown, summarise, videos_csv
+from tdms.tracking import TRACKERS, check_box, parse_box
+from tdms.viz import plot_series
+
+SINGLE_COLUMNS = ("n_frames", "warping_error_processed", "warping_error", "relative_reduction", "psnr", "ssim",
+                  "lpips", "tracking_iou", "composite")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tdms-evaluate", description=__doc__,
+                                formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--input", help="one video: original frames I (frame folder or video file)")
+    p.add_argument("--results", nargs="+",
+                   help="one video: result frames O; batch: name=root of <task>/<dataset>/<video> (or a root)")
+    p.add_argument("--processed", help="one video: processed frames P (for D_t, PSNR, SSIM, LPIPS, composite)")
+    p.add_argument("--config", help="batch: a YAML config (configs/eval_*.yaml; defaults in tdms/batch.py)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="batch: config overrides, run.jobs=2")
+    p.add_argument("--data-dir", help="batch: a root in Lai et al.'s layout")
+    p.add_argument("--phase", help="batch: train or test (default test)")
+    p.add_argument("--tasks-list", help="batch: '<dataset> <task>' lines (default DATA/lists/PHASE_tasks.txt)")
+    p.add_argument("--flow", choices=BACKENDS, help="flow backend (default dis)")
+    p.add_argument("--flow-preset", help="DIS preset: ultrafast, fast, medium (default)")
+    p.add_argument("--device", help="device of network flow backends (default cpu)")
+    p.add_argument("--cache", help="flow cache folder")
+    p.add_argument("--lpips-net", choices=NETS, help="LPIPS backbone (default alex)")
+    p.add_argument("--lpips-weights", help="LPIPS backbone file (default torchvision's cache)")
+    p.add_argument("--no-lpips", action="store_true", help="skip LPIPS (composite becomes null)")
+    p.add_argument("--tracker", choices=TRACKERS, help="OpenCV tracker (default csrt)")
+    p.add_argument("--no-tracking", action="store_true", help="skip tracking IoU (composite without it)")
+    p.add_argument("--box", help="one video: first tracking box x,y,w,h (default: annotations or motion)")
+    p.add_argument("--annotations", help="one video: DAVIS annotation folder of palette PNGs %%05d.png")
+    p.add_argument("--object-id", type=int, help="one video: annotation id to track (default the largest)")
+    p.add_argument("--resize", action="store_true", help="resize frames of another size instead of failing")
+    p.add_argument("--jobs", type=int, help="batch: parallel processes (default 1)")
+    p.add_argument("--videos", type=int, help="batch: comparison videos for the first N videos (default 3)")
+    p.add_argument("--out", help="folder for the reports (batch: default run.out of the config)")
+    return p
+
+
+def jsonable(x):
+    """Replace NaN/inf by None so the file is strict JSON."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [jsonable(v) for v in x]
+    return x
+
+
+def write_json(path: Path, obj) -> None:
+    write_bytes_atomic(path, (json.dumps(jsonable(obj), indent=1) + "\n").encode())
+
+
+def fmt(value) -> str:
+    if value is None:
+        return "null"
+    return f"{value:.5g}" if isinstance(value, float) else str(value)
+
+
+def check_out(out: Path, folders) -> None:
+    """The reports must not land in (or under) a folder of frames being evaluated."""
+    for folder in folders:
+        folder = Path(folder).resolve()
+        if out.resolve() == folder or folder in out.resolve().parents:
+            raise ValueError(f"--out {out} is inside {folder}, which is being evaluated; pick another folder")
+
+
+def lpips_option(args) -> tuple[object, str]:
+    if args.no_lpips:
+        return None, "skipped (--no-lpips)"
+    try:
+        return load_lpips(args.lpips_net or "alex", args.lpips_weights), ""
+    except FileNotFoundError as err:
+        return None, str(err)
+
+
+def run_single(args, out: Path) -> None:
+    (results,) = args.results
+    sources = [args.input, results] + ([args.processed] if args.processed else [])
+    check_out(out, sources)
+    cache = FlowCache(args.cache or out / "flow_cache", build_flow(args.flow or "dis", args.flow_preset or "medium",
+                                                                    args.device or "cpu"))
+    box = parse_box(args.box) if args.box else None
+    if box:
+        check_box(box, FrameSource(args.input).size, args.input)
+    if args.annotations and not Path(args.annotations).is_dir():
+        raise FileNotFoundError(f"--annotations {args.annotations}: no such folder")
+    model, note = lpips_option(args)
+    tracking = None if args.no_tracking else Tracking(
+        args.tracker or "csrt", box, Path(args.annotations) if args.annotations else None, args.object_id)
+    metrics = evaluate_video(cache, args.input, results, args.processed, Options(model, note, tracking, args.resize))
+    metrics.update(input=args.input, results=results, processed=args.processed)
+    write_json(out / "metrics.json", metrics)
+    curves = {"result": metrics["per_frame"]["warping_error"]}
+    if args.processed:
+        curves["processed"] = metrics["per_frame"]["warping_error_processed"]
+    plot_series(curves, out / "warping_error.png", f"warping error ({metrics['flow']})", "warping error", start=1)
+    columns = [k for k in SINGLE_COLUMNS if k in metrics]
+    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+    print("| " + " | ".join(fmt(metrics[k]) for k in columns) + " |")
+    for key in ("relative_reduction_note", "lpips_note", "tracking_note", "composite_note"):
+        if metrics.get(key):
+            print(f"note: {key[:-5]}: {metrics[key]}")
+
+
+def batch_config(args) -> EvalConfig:
+    """The config file (if any), its --set overrides, then the command-line flags (they win)."""
+    cfg = load_config(args.config, args.set, cls=EvalConfig)
+    if args.results:
+        cfg.methods = dict(r.split("=", 1) if "=" in r else (Path(r).name, r) for r in args.results)
+    flags = {("data", "root"): args.data_dir, ("data", "phase"): args.phase, ("data", "tasks_list"): args.tasks_list,
+             ("flow", "backend"): args.flow, ("flow", "preset"): args.flow_preset, ("flow", "device"): args.device,
+             ("flow", "cache"): args.cache, ("lpips", "net"): args.lpips_net, ("lpips", "weights"): args.lpips_weights,
+             ("tracking", "tracker"): args.tracker, ("run", "jobs"): args.jobs, ("run", "videos"): args.videos,
+             ("run", "out"): args.out, ("lpips", "enabled"): False if args.no_lpips else None,
+             ("tracking", "enabled"): False if args.no_tracking else None, ("run", "resize"): args.resize or None}
+    for (section, key), value in flags.items():
+        if value is not None:
+            setattr(getattr(cfg, section), key, value)
+    return cfg
+
+
+def run_batch(cfg: EvalConfig) -> None:
+    out = Path(cfg.run.out)
+    check_out(out, [Path(cfg.data.root) / cfg.data.phase, *cfg.methods.values()])
+    rows, info = run(cfg)
+    methods = list(cfg.methods)
+    summary = summarise(rows, methods, PROCESSED, cfg.tracking.enabled)
+    title = f"{', '.join(methods)} on {cfg.data.root} ({cfg.data.phase}, flow {cfg.flow.backend}-{cfg.flow.preset})"
+    write_json(out / "metrics.json", {"config": asdict(cfg), "run": info, **jsonable_summary(summary)})
+    write_bytes_atomic(out / "videos.csv", videos_csv(rows).encode())
+    text = markdown(summary, rows, title)
+    write_bytes_atomic(out / "tables.md", text.encode())
+    error_plots(rows, PROCESSED, out / "plots" / "warping_error")
+    task_bars(summary["tables"]["relative_reduction"], methods, out / "plots" / "bars")
+    comparison_videos(rows, plan(cfg), methods, PROCESSED, out / "videos", cfg.run.videos)
+    paper = text.split(f"## {TABLES[3][1]}")[0]  # the first three tables
+    print(paper.rstrip())
+    skipped = [r for r in rows if r["status"] != "ok"]
+    for r in skipped:
+        print(f"{r['status']}: {r['method']} {r['task']}/{r['dataset']}/{r['video']}: {r['note']}", file=sys.stderr)
+    print(f"{info['scored']} video(s) scored, {info['reused']} reused, {len(skipped)} not evaluated, "
+          f"{info['seconds']:.1f} s", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    batch = bool(args.config or args.data_dir)
+    if batch and args.input:
+        p.error("give --input (one video) or --config/--data-dir (batch), not both")
+    if not batch and not (args.input and args.results and args.out):
+        p.error("one video needs --input, --results and --out (or use --config/--data-dir for batch mode)")
+    if not batch and len(args.results) != 1:
+        p.error("one video takes one --results folder")
+    if batch and (args.processed or args.box or args.annotations or args.object_id is not None):
+        p.error("--processed, --box, --annotations and --object-id are for one video")
+    try:
+        if batch:
+            try:
+                cfg = batch_config(args)
+            except (ValueError, FileNotFoundError) as err:
+                p.error(str(err))
+            run_batch(cfg)
+            out = cfg.run.out
+        else:
+            run_single(args, Path(args.out))
+            out = args.out
+        print(f"tdms-evaluate: reports in {out}")
+        return 0
+    except (ValueError, FileNotFoundError) as err:
+        print(f"tdms-evaluate: error: {err}", file=sys.stderr)
+        return 1

@@ -1,0 +1,40 @@
+"""tdms-train: train TDMS-Net on data in Lai et al.'s layout.
+
+Examples:
+    tdms-train --config configs/tdms_offline.yaml
+    tdms-train --config configs/tdms_offline.yaml train.steps=200 train.out=runs/try data.crop=96
+    tdms-train --config configs/tdms_offline.yaml --resume              # continue runs/.../last.pth exactly
+    tdms-train --config configs/tdms_offline.yaml --init-weights W.pth  # start from weights only
+"""
+
+import argparse
+import sys
+
+from tdms.config import load_config
+from tdms.train import NonFiniteLoss, train
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="tdms-train", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--config", help="YAML config (defaults in tdms/config.py)")
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=1000")
+    p.add_argument("--resume", action="store_true", help="continue the run in train.out exactly where it stopped")
+    p.add_argument("--init-weights", default="", help="start from these weights (fresh optimizer and step 0)")
+    args = p.parse_args(argv)
+    if args.resume and args.init_weights:
+        p.error("--resume and --init-weights are different things; give one")
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except (ValueError, FileNotFoundError) as e:
+        p.error(str(e))
+    try:
+        last = train(cfg, resume=args.resume, init_weights=args.init_weights)
+    except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLoss, RuntimeError) as e:
+        print(f"tdms-train: error: {e}", file=sys.stderr)
+        return 1
+    print(f"done: {last}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

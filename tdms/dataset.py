@@ -1,0 +1,155 @@
+"""Training clips from Lai et al.'s layout (DESIGN §6), with cached flows and the augmentations of DESIGN §5.
+
+A sample is a dict:
+    'input'     (S,3,h,w) float [0,1]   original frames I
+    'processed' (S,3,h,w) float [0,1]   per-frame processed frames P
+    'flow'      (S-1,2,h,w) pixels       F*_t = flow(I_t -> I_{t-1}) for t = 1..S-1 (x first)
+    'name'      str                      "<task>/<dataset>/<video>@<first frame>"
+Sample k is a pure function of (seed, k), so a resumed run sees exactly the data it would have seen.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from tdms.flow.cache import FlowCache
+from tdms.io import list_frames, read_frame
+
+
+@dataclass
+class Clip:
+    task: str
+    dataset: str
+    video: str
+    input_dir: Path
+    processed_dir: Path
+    frames: int
+
+
+def read_list(path: Path) -> list[str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"list file not found: {path}")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+def read_tasks(path: Path) -> list[tuple[str, str]]:
+    """'<dataset> <task>' a line."""
+    pairs = []
+    for n, line in enumerate(read_list(path), 1):
+        parts = line.split()
+        if len(parts) != 2:
+            raise ValueError(f"{path}:{n}: expected '<dataset> <task>', got {line!r}")
+        pairs.append((parts[0], parts[1]))
+    return pairs
+
+
+def find_clips(root: Path, phase: str, tasks_list: Path) -> list[Clip]:
+    """All (task, dataset, video) triples of a phase, checked against the disk."""
+    clips = []
+    for dataset, task in read_tasks(tasks_list):
+        for video in read_list(root / "lists" / f"{dataset}_{phase}.txt"):
+            idir = root / phase / "input" / dataset / video
+            pdir = root / phase / "processed" / task / dataset / video
+            for d in (idir, pdir):
+                if not d.is_dir():
+                    raise FileNotFoundError(f"{tasks_list}: video {dataset}/{video} (task {task}) not on disk: {d}")
+            n_in, n_p = len(list_frames(idir)), len(list_frames(pdir))
+            if n_p < n_in:
+                raise ValueError(f"{pdir}: {n_p} processed frames but {n_in} input frames in {idir}")
+            clips.append(Clip(task, dataset, video, idir, pdir, n_in))
+    if not clips:
+        raise ValueError(f"{tasks_list}: no training videos")
+    return clips
+
+
+def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if h < img.shape[0] else cv2.INTER_LINEAR)
+
+
+def _dihedral(arr: np.ndarray, transpose: bool, hflip: bool, vflip: bool, is_flow: bool) -> np.ndarray:
+    """Apply one of the 8 rotations/flips to an (H,W,C) image or flow; flow vectors move with the pixels."""
+    if transpose:  # (x, y) -> (y, x): swap axes, and u <-> v
+        arr = arr.transpose(1, 0, 2)
+        if is_flow:
+            arr = arr[..., ::-1]
+    if hflip:
+        arr = arr[:, ::-1]
+        if is_flow:
+            arr = arr * np.array([-1.0, 1.0], np.float32)
+    if vflip:
+        arr = arr[::-1]
+        if is_flow:
+            arr = arr * np.array([1.0, -1.0], np.float32)
+    return arr
+
+
+class ClipDataset(Dataset):
+    """Random clips of `sample_frames` frames. Index k draws its clip and augmentation from rng(seed, k)."""
+
+    def __init__(self, clips: list[Clip], cache: FlowCache, sample_frames: int, crop: int,
+                 scale_min: float = 0.5, scale_max: float = 2.0, augment: bool = True, seed: int = 0,
+                 length: int = 10**9):
+        short = [c for c in clips if c.frames < sample_frames]
+        if short:
+            c = short[0]
+            raise ValueError(f"{c.input_dir}: {c.frames} frames, fewer than sample_frames={sample_frames}")
+        self.clips, self.cache = clips, cache
+        self.s, self.crop = sample_frames, crop
+        self.scale_min, self.scale_max, self.augment = scale_min, scale_max, augment
+        self.seed, self.length = seed, length
+
+    def __len__(self):
+        return self.length
+
+    def _scale(self, rng, h: int, w: int) -> float:
+        need = self.crop / min(h, w)  # keep the short side >= crop
+        if not self.augment:
+            return max(1.0, need)
+        lo = max(self.scale_min, need)
+        hi = max(self.scale_max, lo)
+        return float(rng.uniform(lo, hi))
+
+    def __getitem__(self, k: int) -> dict:
+        rng = np.random.default_rng([self.seed, k])
+        clip = self.clips[rng.integers(len(self.clips))]
+        t0 = int(rng.integers(clip.frames - self.s + 1))
+        reverse = self.augment and rng.random() < 0.5
+        transpose, hflip, vflip = (rng.random(3) < 0.5) if self.augment else (False, False, False)
+
+        idx = list(range(t0, t0 + self.s))
+        in_files, p_files = list_frames(clip.input_dir), list_frames(clip.processed_dir)
+        ins = [read_frame(in_files[i]) for i in idx]
+        ps = [read_frame(p_files[i]) for i in idx]
+        # F*_t = flow(frame t -> frame t-1) in the order the clip is played
+        flows = []
+        for i in idx[:-1]:
+            fw, bw, _ = self.cache.pair(clip.input_dir, i)
+            flows.append((fw if reverse else bw).permute(1, 2, 0).numpy())
+        if reverse:
+            ins, ps, flows = ins[::-1], ps[::-1], flows[::-1]
+
+        h, w = ins[0].shape[:2]
+        if ps[0].shape[:2] != (h, w):
+            raise ValueError(f"{clip.processed_dir}: frames are {ps[0].shape[1]}×{ps[0].shape[0]}, input {w}×{h}")
+        s = self._scale(rng, h, w)
+        nh, nw = max(self.crop, round(h * s)), max(self.crop, round(w * s))
+        y = int(rng.integers(nh - self.crop + 1))
+        x = int(rng.integers(nw - self.crop + 1))
+        ratio = np.array([nw / w, nh / h], np.float32)  # per-axis flow rescale
+
+        def prep(img, is_flow=False):
+            img = _resize(img, nh, nw) * (ratio if is_flow else 1.0)
+            img = img[y:y + self.crop, x:x + self.crop]
+            img = _dihedral(img, transpose, hflip, vflip, is_flow)
+            return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32))
+
+        return {
+            "input": torch.stack([prep(f) for f in ins]),
+            "processed": torch.stack([prep(f) for f in ps]),
+            "flow": torch.stack([prep(f, True) for f in flows]),
+            "name": f"{clip.task}/{clip.dataset}/{clip.video}@{t0}",
+        }

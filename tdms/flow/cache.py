@@ -1,0 +1,126 @@
+"""On-disk cache of forward/backward flow and occlusion for consecutive frame pairs of a video.
+
+Layout: <root>/<backend.name>/<video key>/{fw,bw}_%05d.flo and occ_%05d.png (0/255, 255 = occluded),
+for the pair (t, t+1): fw = flow(I_t -> I_{t+1}), bw = flow(I_{t+1} -> I_t), occ_t = occlusion_mask(fw, bw).
+"""
+
+import hashlib
+import re
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from tdms.flow.flo import read_flo, write_flo
+from tdms.flow.occlusion import occlusion_mask
+from tdms.io import FrameSource, frames_to_tensor, write_bytes_atomic
+
+
+def video_key(path: Path, n_frames: int, size: tuple[int, int]) -> str:
+    """Readable and unique folder name: the last two path parts plus a short hash of path, length and size."""
+    path = path.resolve()
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(path.parts[-2:]))
+    digest = hashlib.sha1(f"{path}|{n_frames}|{size[0]}x{size[1]}".encode()).hexdigest()[:10]
+    return f"{readable}-{digest}"
+
+
+class FlowCache:
+    """cache.pair(video, t) -> (fw (2,H,W), bw (2,H,W), occ (1,H,W)) float32 CPU; computes what is missing."""
+
+    def __init__(self, root, backend):
+        self.root = Path(root)
+        self.backend = backend
+        self._sources: dict[Path, FrameSource] = {}
+
+    def source(self, video) -> FrameSource:
+        """The frames of `video` (a frame folder or a video file), opened once."""
+        key = Path(video).resolve()
+        if key not in self._sources:
+            self._sources[key] = FrameSource(video)
+        return self._sources[key]
+
+    def paths(self, video, t: int) -> tuple[Path, Path, Path]:
+        """Cache files (fw, bw, occ) of the pair (t, t+1)."""
+        src = self.source(video)
+        folder = self.root / self.backend.name / video_key(Path(video), len(src), src.size)
+        return folder / f"fw_{t:05d}.flo", folder / f"bw_{t:05d}.flo", folder / f"occ_{t:05d}.png"
+
+    def pair(self, video, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Flows and occlusion of the pair (t, t+1), read from the cache or computed and written."""
+        src = self.source(video)
+        if not 0 <= t < len(src) - 1:
+            raise IndexError(f"{video}: no frame pair {t}, the video has {len(src)} frames")
+        fw_path, bw_path, occ_path = self.paths(video, t)
+        fw, bw = load_flow(fw_path, src.size), load_flow(bw_path, src.size)
+        if fw is None or bw is None:
+            return self._compute(video, t, src[t], src[t + 1])
+        occ = load_occlusion(occ_path, src.size)
+        if occ is None:
+            occ = occlusion_mask(fw[None], bw[None])[0]
+            write_occlusion(occ_path, occ)
+        return fw, bw, occ
+
+    def prepare(self, video, progress: bool = True) -> None:
+        """Compute every pair of `video` whose files are not all there, reading the frames in order."""
+        src = self.source(video)
+        todo = {t for t in range(len(src) - 1) if not all(p.exists() for p in self.paths(video, t))}
+        if not todo:
+            return
+        with tqdm(total=len(todo), desc=f"{self.backend.name} {src.name}", disable=not progress) as bar:
+            prev = None
+            for t, frame in enumerate(src):
+                if t - 1 in todo:
+                    self._compute(video, t - 1, prev, frame)
+                    bar.update(1)
+                prev = frame
+
+    def _compute(self, video, t: int, frame_a: np.ndarray, frame_b: np.ndarray):
+        """Run the backend on (t, t+1) both ways in one batch, write and return (fw, bw, occ)."""
+        a, b = frames_to_tensor(frame_a), frames_to_tensor(frame_b)
+        flows = self.backend(torch.cat([a, b]), torch.cat([b, a])).float().cpu()  # (2,2,H,W): fw, bw
+        occ = occlusion_mask(flows[:1], flows[1:])[0]
+        fw_path, bw_path, occ_path = self.paths(video, t)
+        write_flo(fw_path, flows[0].numpy())
+        write_flo(bw_path, flows[1].numpy())
+        write_occlusion(occ_path, occ)
+        return flows[0], flows[1], occ
+
+
+def load_flow(path: Path, size: tuple[int, int]) -> torch.Tensor | None:
+    """(2,H,W) flow from a cache file, or None (with a warning if the file is bad) to recompute it."""
+    if not path.exists():
+        return None
+    try:
+        flow = read_flo(path)
+    except ValueError as err:
+        warnings.warn(f"corrupt flow cache file, recomputing: {err}", stacklevel=3)
+        return None
+    if flow.shape[1:] != tuple(size):
+        warnings.warn(
+            f"{path}: flow is {flow.shape[1:]}, frames are {tuple(size)}; recomputing", stacklevel=3
+        )
+        return None
+    return torch.from_numpy(flow)
+
+
+def load_occlusion(path: Path, size: tuple[int, int]) -> torch.Tensor | None:
+    """(1,H,W) {0,1} occlusion from a cache PNG, or None (with a warning if the file is bad)."""
+    if not path.exists():
+        return None
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None or img.dtype != np.uint8 or img.shape != tuple(size):
+        warnings.warn(f"corrupt occlusion cache file {path}, recomputing", stacklevel=3)
+        return None
+    return torch.from_numpy((img > 127).astype(np.float32))[None]
+
+
+def write_occlusion(path: Path, occ: torch.Tensor) -> None:
+    """Write (1,H,W) {0,1} occlusion as an 8-bit PNG (0/255), atomically."""
+    img = (occ[0].numpy() > 0.5).astype(np.uint8) * 255
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise ValueError(f"could not encode occlusion PNG for {path}")
+    write_bytes_atomic(path, buf.tobytes())

@@ -1,0 +1,83 @@
+"""Training losses of DESIGN §5 as small pure functions, and the VGG16 feature extractor they may use.
+
+All images (B,3,H,W) in [0,1]; flows (B,2,H,W) pixels; visibility (B,1,H,W) in [0,1].
+"""
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tdms.warp import warp
+
+VGG16_FILE = "vgg16-397923af.pth"  # torchvision's ImageNet weights, as its cache names them
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def temporal_loss(output, target_warped, visibility):
+    """Short-term (or long-term) consistency: L1(O_t·V, warp(O_ref, F*)·V)."""
+    return F.l1_loss(output * visibility, target_warped * visibility)
+
+
+def fidelity_loss(output, processed):
+    return F.l1_loss(output, processed)
+
+
+def flow_loss(pred_flow, target_flow):
+    return F.l1_loss(pred_flow, target_flow)
+
+
+def mask_loss(mask, visibility):
+    """The 3-channel mask is supervised by the 1-channel visibility (broadcast)."""
+    return F.l1_loss(mask, visibility.expand_as(mask))
+
+
+def perceptual_loss(vgg: "VGGFeatures", output, processed):
+    return sum(F.l1_loss(a, b) for a, b in zip(vgg(output), vgg(processed), strict=True))
+
+
+def warp_target(o_ref, flow_star):
+    """warp(O_ref, F*) with O_ref detached: the previous output is a fixed target (Lai et al.)."""
+    return warp(o_ref.detach(), flow_star)
+
+
+def vgg16_weights_path(path: str = "") -> Path:
+    """The VGG16 file to use: `path` if given, else torchvision's cache; a clear error if absent."""
+    if path:
+        p = Path(path)
+    else:
+        p = Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILE
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"VGG16 weights not found at {p}. The perceptual loss needs torchvision's ImageNet VGG16 "
+            f"({VGG16_FILE}): copy it there (or set loss.vgg_weights=FILE), or set loss.perceptual=0."
+        )
+    return p
+
+
+class VGGFeatures(nn.Module):
+    """Frozen VGG16 features up to relu4_3, ImageNet-normalised input. Never trained, never checkpointed."""
+
+    def __init__(self, weights: str | Path):
+        super().__init__()
+        from torchvision.models import vgg16
+
+        net = vgg16()
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            net.load_state_dict(state)
+        except Exception as e:
+            raise ValueError(f"{weights}: not a torchvision VGG16 state dict ({type(e).__name__}: {e})") from None
+        self.features = net.features[:23].eval()  # conv1_1 ... relu4_3
+        for p in self.features.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True):
+        return super().train(False)  # always eval
+
+    def forward(self, x) -> list[torch.Tensor]:
+        return [self.features((x - self.mean) / self.std)]

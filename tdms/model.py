@@ -1,0 +1,145 @@
+"""TDMS-Net: three heads (motion mask, soft flow, refining residual) over a two-stream encoder (DESIGN §4).
+
+    O_t = M_t * warp(O_{t-1}, F_t) + (1 - M_t) * P_t + R_t
+
+Parameter names follow the authors' released checkpoint so that `model_pf_epoch_65.pth` loads unchanged.
+"""
+
+import torch
+import torch.nn as nn
+
+from tdms.warp import warp
+
+FLOW_SCALE = 20.0  # the flow head's output is multiplied by 20 (pixels)
+NORMS = ("none", "instance")
+
+
+class ConvLayer(nn.Module):
+    """Reflection padding (k//2) + Conv2d (+ InstanceNorm).
+
+    `norm` is "none" or "instance". With `dead_norm` the InstanceNorm (with running buffers) is built but
+    never applied: the released model's layers look like that (its `norm in ["BN" or "IN"]` test is False).
+    """
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, norm: str = "none", dead_norm: bool = False):
+        super().__init__()
+        self.pad = nn.ReflectionPad2d(k // 2)
+        self.conv2d = nn.Conv2d(cin, cout, k, stride)
+        self.apply_norm = norm == "instance" and not dead_norm
+        if dead_norm:
+            self.norm_layer = nn.InstanceNorm2d(cout, track_running_stats=True)
+        elif norm == "instance":
+            self.norm_layer = nn.InstanceNorm2d(cout, affine=True)
+
+    def forward(self, x):
+        x = self.conv2d(self.pad(x))
+        return self.norm_layer(x) if self.apply_norm else x
+
+
+class UpsampleConvLayer(ConvLayer):
+    """Nearest-neighbour ×2 upsampling, then a ConvLayer (avoids transposed-conv checkerboards)."""
+
+    def forward(self, x):
+        return super().forward(nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class ResidualBlock(nn.Module):
+    """x + conv(lrelu(conv(x))), 3×3, constant width."""
+
+    def __init__(self, ch: int, norm: str, dead_norm: bool):
+        super().__init__()
+        self.conv1 = ConvLayer(ch, ch, 3, 1, norm, dead_norm)
+        self.conv2 = ConvLayer(ch, ch, 3, 1, norm, dead_norm)
+        self.relu = nn.LeakyReLU(0.2)
+
+    def forward(self, x):
+        return x + self.conv2(self.relu(self.conv1(x)))
+
+
+class TDMSNet(nn.Module):
+    """TDMS-Net. Inputs are (B,3,H,W) in [0,1] with H, W multiples of 4.
+
+    original_quirks=True reproduces the released model's forward exactly: the mask and flow heads'
+    residual blocks each see E3 and only the last one's output is used, and the (IN) norm layers exist
+    but are not applied. False (default) chains the blocks and applies `norm` as asked.
+    """
+
+    def __init__(self, nf: int = 32, norm: str = "none", original_quirks: bool = False):
+        super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        self.original_quirks = original_quirks
+        q = original_quirks
+
+        def conv(cin, cout, k, stride=1):
+            return ConvLayer(cin, cout, k, stride, norm, q)
+
+        def blocks(n):
+            return nn.Sequential(*[ResidualBlock(nf * 4, norm, q) for _ in range(n)])
+
+        def transposed(cin, cout):
+            return nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1)
+
+        self.conv1a = conv(6, nf, 7)  # cat(I_{t-1}, I_t)
+        self.conv1b = conv(6, nf, 7)  # cat(O_{t-1}, P_t)
+        self.conv2a = conv(nf, nf * 2, 3, 2)
+        self.conv2b = conv(nf, nf * 2, 3, 2)
+        self.conv3 = conv(nf * 4, nf * 4, 3, 2)
+        self.ResBlocks = blocks(5)
+        self.ResBlocks_w = blocks(2)
+        self.ResBlocks_f = blocks(3)
+        # refining residual head: upsample-conv with skips from the original-frame branch
+        self.deconv1 = UpsampleConvLayer(nf * 4, nf * 2, 3, 1, norm, q)
+        self.deconv2 = UpsampleConvLayer(nf * 4, nf, 3, 1, norm, q)
+        self.deconv3 = conv(nf * 2, 3, 7)
+        # mask head
+        self.deconv1_w = transposed(nf * 4, nf * 2)
+        self.deconv2_w = transposed(nf * 2, nf)
+        self.deconv3_w = conv(nf, 3, 7)
+        # flow head
+        self.deconv1_f = transposed(nf * 4, nf * 2)
+        self.deconv2_f = transposed(nf * 2, nf)
+        self.deconv3_f = conv(nf, 2, 7)
+        self.relu = nn.LeakyReLU(0.2)
+
+    def _head_blocks(self, blocks: nn.Sequential, e3):
+        if self.original_quirks:  # each block applied to E3, only the last output kept
+            return blocks[-1](e3)
+        return blocks(e3)
+
+    def heads(self, i_prev, i_t, o_prev, p_t):
+        """Mask (B,3,H,W) in (0,1), flow (B,2,H,W) pixels t→t-1, residual (B,3,H,W) in (-1,1)."""
+        h, w = i_t.shape[-2:]
+        if h % 4 or w % 4:
+            raise ValueError(f"TDMSNet needs H and W divisible by 4, got {h}×{w} (pad the frames)")
+        act = self.relu
+        e1a = act(self.conv1a(torch.cat((i_prev, i_t), 1)))
+        e1b = act(self.conv1b(torch.cat((o_prev, p_t), 1)))
+        e2a = act(self.conv2a(e1a))
+        e2b = act(self.conv2b(e1b))
+        e3 = act(self.conv3(torch.cat((e2a, e2b), 1)))
+
+        r = self.ResBlocks(e3)
+        r = act(self.deconv1(r))
+        r = act(self.deconv2(torch.cat((r, e2a), 1)))
+        residual = torch.tanh(self.deconv3(torch.cat((r, e1a), 1)))
+
+        m = self._head_blocks(self.ResBlocks_w, e3)
+        m = act(self.deconv2_w(act(self.deconv1_w(m))))
+        mask = torch.sigmoid(self.deconv3_w(m))
+
+        f = self._head_blocks(self.ResBlocks_f, e3)
+        f = act(self.deconv2_f(act(self.deconv1_f(f))))
+        flow = self.deconv3_f(f) * FLOW_SCALE
+        return mask, flow, residual
+
+    def forward(self, i_prev, i_t, o_prev, p_t) -> dict:
+        """One step of the recurrence. Returns output, mask, flow, residual, warped (= warp(O_{t-1}, F_t))."""
+        mask, flow, residual = self.heads(i_prev, i_t, o_prev, p_t)
+        warped = warp(o_prev, flow)
+        output = mask * warped + (1 - mask) * p_t + residual
+        return {"output": output, "mask": mask, "flow": flow, "residual": residual, "warped": warped}
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,89 @@
+"""Pictures of a batch evaluation: warping error over time per video, D_t bars per task, comparison videos."""
+
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from tdms.io import write_bytes_atomic
+from tdms.viz import plot_series, side_by_side
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a task or video name ("WCT/wave" -> "WCT_wave")."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
+def error_plots(rows: list[dict], processed: str, out: Path) -> list[Path]:
+    """One PNG per video: E_warp per frame of the processed video and of every evaluated method."""
+    videos: dict = {}
+    for r in rows:
+        if r["status"] == "ok":
+            key = (r["dataset"], r["task"], r["video"])
+            videos.setdefault(key, {})[r["method"]] = r["per_frame"]["warping_error"]
+    written = []
+    for (dataset, task, video), series in videos.items():
+        if processed in series:  # processed first, so it keeps the first colour in every plot
+            series = {processed: series.pop(processed), **series}
+        path = out / dataset / slug(task) / f"{slug(video)}.png"
+        plot_series(series, path, f"{task} / {dataset} / {video}", "warping error", start=1)
+        written.append(path)
+    return written
+
+
+def bar_chart(values: dict, out_png: Path, title: str, ylabel: str) -> None:
+    """Bars {name: value}; None values are drawn as an empty slot labelled n/a."""
+    fig = Figure(figsize=(max(4.0, 1.2 * len(values)), 3.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    names = list(values)
+    heights = [values[n] if values[n] is not None else 0.0 for n in names]
+    bars = ax.bar(np.arange(len(names)), heights, color=[f"C{k}" for k in range(len(names))])
+    for bar, name in zip(bars, names, strict=True):
+        label = "n/a" if values[name] is None else f"{values[name]:.3f}"
+        ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                    fontsize=8)
+    ax.set_xticks(np.arange(len(names)), names)
+    ax.set(title=title, ylabel=ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    write_bytes_atomic(out_png, buf.getvalue())
+
+
+def task_bars(table: list[dict], methods: list[str], out: Path, metric: str = "D_t") -> list[Path]:
+    """One bar chart per row of a table ({"dataset", "task", <method>: value}), e.g. D_t per method."""
+    written = []
+    for row in table:
+        path = out / row["dataset"] / f"{slug(row['task'])}_{metric}.png"
+        bar_chart({m: row.get(m) for m in methods}, path, f"{row['task']} / {row['dataset']}: {metric}", metric)
+        written.append(path)
+    return written
+
+
+def comparison_videos(rows: list[dict], jobs, methods: list[str], processed: str, out: Path, count: int,
+                      fps: float | None = None) -> list[Path]:
+    """input | processed | methods videos for the first `count` videos with every listed method scored.
+
+    Existing files are kept (a rerun does not redo them). Returns the paths written or kept.
+    """
+    ok = {(r["method"], r["dataset"], r["task"], r["video"]) for r in rows if r["status"] == "ok"}
+    results = {(j.method, j.dataset, j.task, j.video): j for j in jobs}
+    written = []
+    for job in (j for j in jobs if j.method == processed):
+        if len(written) >= count:
+            break
+        video = (job.dataset, job.task, job.video)
+        shown = [m for m in methods if (m, *video) in ok]
+        if (processed, *video) not in ok or not shown:
+            continue
+        path = out / job.dataset / slug(job.task) / f"{slug(job.video)}.mp4"
+        if not path.exists():
+            side_by_side([job.input, job.processed] + [results[(m, *video)].results for m in shown],
+                         ["input", "processed"] + shown, path, fps=fps)
+        written.append(path)
+    return written

@@ -1,0 +1,38 @@
+import pytest
+
+from tdms.config import Config, load_config, parse_override, to_dict
+
+
+def test_defaults_yaml_then_overrides(tmp_path):
+    f = tmp_path / "x.yaml"
+    f.write_text("data:\n  crop: 128\ntrain:\n  steps: 7\n")
+    cfg = load_config(f, ["train.steps=9", "loss.temporal=5", "model.original_quirks=true"])
+    assert cfg.data.crop == 128 and cfg.train.steps == 9
+    assert cfg.loss.temporal == 5.0 and isinstance(cfg.loss.temporal, float)
+    assert cfg.model.original_quirks is True
+    assert cfg.optim.lr == Config().optim.lr
+
+
+@pytest.mark.parametrize("text, match", [
+    ("data:\n  crops: 1\n", "unknown config key 'data.crops'"),
+    ("nope: 1\n", "unknown config key 'nope'"),
+    ("train:\n  steps: many\n", "wants int"),
+    ("data: 3\n", "is a section"),
+])
+def test_bad_yaml(tmp_path, text, match):
+    f = tmp_path / "x.yaml"
+    f.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_config(f)
+
+
+def test_bad_override():
+    with pytest.raises(ValueError, match="unknown config key 'train.stepz'"):
+        load_config(None, ["train.stepz=3"])
+    with pytest.raises(ValueError, match="not of the form"):
+        parse_override("train.steps")
+
+
+def test_round_trip_dict():
+    d = to_dict(load_config(None, ["data.root=/x"]))
+    assert d["data"]["root"] == "/x" and d["model"]["nf"] == 32

@@ -1,0 +1,148 @@
+import pytest
+import torch
+
+from tdms.checkpoint import atomic_save, export_weights, load_model, training_state
+from tdms.config import Config
+from tdms.model import TDMSNet, count_parameters
+from tdms.warp import warp
+
+
+def expected_parameters(nf=32):
+    """Count from the layer table of DESIGN §4 (conv weights + biases)."""
+    def conv(cin, cout, k):
+        return cin * cout * k * k + cout
+    enc = 2 * conv(6, nf, 7) + 2 * conv(nf, 2 * nf, 3) + conv(4 * nf, 4 * nf, 3)
+    blocks = 10 * 2 * conv(4 * nf, 4 * nf, 3)
+    res_head = conv(4 * nf, 2 * nf, 3) + conv(4 * nf, nf, 3) + conv(2 * nf, 3, 7)
+    mask_head = conv(4 * nf, 2 * nf, 3) + conv(2 * nf, nf, 3) + conv(nf, 3, 7)
+    flow_head = conv(4 * nf, 2 * nf, 3) + conv(2 * nf, nf, 3) + conv(nf, 2, 7)
+    return enc + blocks + res_head + mask_head + flow_head
+
+
+def frames(b=1, h=16, w=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(b, 3, h, w, generator=g) for _ in range(4)]
+
+
+def test_parameter_count_and_names():
+    m = TDMSNet()
+    assert count_parameters(m) == expected_parameters() == 3_467_592
+    sd = m.state_dict()
+    assert sd["conv1a.conv2d.weight"].shape == (32, 6, 7, 7)
+    assert sd["conv3.conv2d.weight"].shape == (128, 128, 3, 3)
+    assert sd["ResBlocks.4.conv2.conv2d.weight"].shape == (128, 128, 3, 3)
+    assert sd["deconv2.conv2d.weight"].shape == (32, 128, 3, 3)  # 64 upsampled + 64 skip (E2a)
+    assert sd["deconv3.conv2d.weight"].shape == (3, 64, 7, 7)  # 32 + 32 skip (E1a)
+    assert sd["deconv1_w.weight"].shape == (128, 64, 3, 3)  # ConvTranspose2d: (in, out, k, k)
+    assert sd["deconv3_f.conv2d.weight"].shape == (2, 32, 7, 7)
+    assert "ResBlocks_f.2.conv1.conv2d.bias" in sd and "ResBlocks_w.2.conv1.conv2d.bias" not in sd
+    assert not any("norm_layer" in k for k in sd)
+
+
+def test_quirks_model_has_dead_norm_buffers():
+    sd = TDMSNet(original_quirks=True).state_dict()
+    for k in ("conv1a.norm_layer.running_mean", "conv1a.norm_layer.running_var",
+              "ResBlocks.0.conv1.norm_layer.num_batches_tracked", "deconv1.norm_layer.running_mean"):
+        assert k in sd
+    assert "deconv1_w.norm_layer.running_mean" not in sd  # plain ConvTranspose2d
+
+
+def test_output_is_the_blend_of_its_parts():
+    torch.manual_seed(0)
+    m = TDMSNet().eval()
+    i_prev, i_t, o_prev, p_t = frames()
+    with torch.no_grad():
+        out = m(i_prev, i_t, o_prev, p_t)
+    mask, flow, res = out["mask"], out["flow"], out["residual"]
+    assert mask.shape == (1, 3, 16, 24) and flow.shape == (1, 2, 16, 24)
+    assert 0 < mask.min() and mask.max() < 1 and res.abs().max() < 1
+    expect = mask * warp(o_prev, flow) + (1 - mask) * p_t + res
+    assert torch.allclose(out["output"], expect, atol=1e-6)
+
+
+def test_quirks_use_only_the_last_head_block_and_skip_the_norm():
+    torch.manual_seed(0)
+    x = frames()
+    for quirks, changes in ((True, False), (False, True)):
+        m = TDMSNet(original_quirks=quirks).eval()
+        with torch.no_grad():
+            before = m(*x)["mask"]
+            m.ResBlocks_w[0].conv1.conv2d.weight.add_(0.5)
+            after = m(*x)["mask"]
+        assert (not torch.allclose(before, after)) == changes
+
+
+def test_dead_norm_is_not_applied():
+    torch.manual_seed(0)
+    a = TDMSNet(original_quirks=True).eval()
+    b = TDMSNet(original_quirks=False).eval()
+    # copy weights: chained vs unchained differ only through the mask/flow blocks, so compare residual heads
+    b.load_state_dict({k: v for k, v in a.state_dict().items() if "norm_layer" not in k})
+    x = frames()
+    with torch.no_grad():
+        ra, rb = a(*x)["residual"], b(*x)["residual"]
+    assert torch.allclose(ra, rb, atol=1e-6)
+
+
+def test_instance_norm_option_is_applied():
+    torch.manual_seed(0)
+    m = TDMSNet(norm="instance").eval()
+    assert "conv1a.norm_layer.weight" in m.state_dict()
+    h = m.conv1a(torch.cat(frames()[:2], 1))
+    assert h.mean(dim=(2, 3)).abs().max() < 1e-4  # affine starts at identity: per-channel zero mean
+
+
+def test_every_parameter_gets_a_gradient():
+    torch.manual_seed(0)
+    m = TDMSNet()
+    out = m(*frames(b=2))
+    (out["output"].mean() + out["flow"].mean() + out["mask"].mean()).backward()
+    no_grad = [n for n, p in m.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert no_grad == []
+
+
+def test_sizes_must_be_multiples_of_four():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        TDMSNet()(*frames(h=18))
+
+
+def test_released_format_loads_with_quirks(tmp_path):
+    torch.manual_seed(1)
+    ref = TDMSNet(original_quirks=True).eval()
+    path = tmp_path / "model_pf_epoch_65.pth"
+    torch.save({"model": ref.state_dict()}, path)
+    m = load_model(path)
+    assert m.original_quirks
+    x = frames()
+    with torch.no_grad():
+        assert torch.equal(m(*x)["output"], ref(*x)["output"])
+
+
+def test_wrong_architecture_lists_keys(tmp_path):
+    sd = TDMSNet().state_dict()
+    sd.pop("deconv3.conv2d.bias")
+    sd["extra.weight"] = torch.zeros(1)
+    path = tmp_path / "bad.pth"
+    cfg = Config()
+    torch.save({"format": "tdms", "model": sd, "config": __import__("dataclasses").asdict(cfg)}, path)
+    with pytest.raises(ValueError, match=r"missing 1: deconv3.conv2d.bias[\s\S]*unexpected 1: extra.weight"):
+        load_model(path)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
+        load_model(path)
+    with pytest.raises(FileNotFoundError, match="nothere.pth"):
+        load_model(tmp_path / "nothere.pth")
+
+
+def test_export_half_weights_round_trip(tmp_path):
+    torch.manual_seed(2)
+    m = TDMSNet()
+    opt = torch.optim.Adam(m.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    atomic_save(training_state(m, opt, sched, None, 5, 0.0, Config(), "abc"), tmp_path / "last.pth")
+    export_weights(tmp_path / "last.pth", tmp_path / "w.pth")
+    assert (tmp_path / "w.pth").stat().st_size < 0.6 * 4 * count_parameters(m)  # fp16: about half of fp32
+    loaded = load_model(tmp_path / "w.pth")
+    w = dict(loaded.named_parameters())["conv3.conv2d.weight"]
+    assert w.dtype == torch.float32
+    assert torch.allclose(w, m.conv3.conv2d.weight.detach(), atol=1e-3, rtol=1e-3)
