@@ -13,6 +13,7 @@ setup(
         "scipy>=1.11",
         "opencv-contrib-python-headless>=4.10",
         "scikit-image>=0.22",
+        "lpips>=0.1.4",
         "pyyaml>=6.0",
         "tqdm>=4.66",
         "tensorboard>=2.15",

@@ -1,6 +1,7 @@
 """Same as `tdms-evaluate`; see `python scripts/evaluate.py --help`.
 
 python scripts/evaluate.py --input I --results O --processed P --out eval/
+python scripts/evaluate.py --config configs/eval_builder_test.yaml
 """
 
 import sys

@@ -38,7 +38,7 @@ class DataSection:
 class FlowSection:
     backend: str = "dis"
     preset: str = "medium"
-    device: str = "cpu"
+    device: str = "cpu"  # of network flow backends and of LPIPS
     cache: str = ""  # default root/cache/flow
 
 
@@ -61,6 +61,7 @@ class RunSection:
     jobs: int = 1  # parallel processes
     resize: bool = False  # resize result frames of another size instead of failing that video
     videos: int = 3  # side-by-side comparison videos for the first N videos (0 = none)
+    threads: int = 0  # torch/OpenCV threads per process; 0 = their default (1 in parallel workers)
 
 
 @dataclass
@@ -141,7 +142,7 @@ def lpips_state(cfg: EvalConfig) -> tuple[object, str]:
     if not cfg.lpips.enabled:
         return None, "skipped (--no-lpips)"
     try:
-        return load_lpips(cfg.lpips.net, cfg.lpips.weights or None), ""
+        return load_lpips(cfg.lpips.net, cfg.lpips.weights or None, cfg.flow.device), ""
     except (FileNotFoundError, ValueError) as err:
         return None, str(err)
 
@@ -152,7 +153,7 @@ def tracking_spec(cfg: EvalConfig, job: Job) -> Tracking | None:
 
 def prepare(jobs: list[Job], cfg: EvalConfig, cache: FlowCache, progress: bool = True) -> None:
     """Flows, then the tracking reference, of each input video (once); reference errors are left to the jobs."""
-    videos = {job.input: job for job in jobs if job.input.is_dir()}
+    videos = {job.input: job for job in jobs if job.input.exists()}
     for video, job in tqdm(videos.items(), desc="flows", disable=not progress):
         try:
             cache.prepare(video, progress=False)
@@ -165,13 +166,18 @@ def prepare(jobs: list[Job], cfg: EvalConfig, cache: FlowCache, progress: bool =
 _STATE: dict = {}  # per process: cfg, cache, lpips model and note
 
 
+def set_threads(threads: int) -> None:
+    """Threads of torch and OpenCV in this process (small per-frame ops lose badly to oversubscription)."""
+    import cv2
+    import torch
+
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+
+
 def init_worker(cfg: EvalConfig, threads: int = 0) -> None:
     if threads:
-        import cv2
-        import torch
-
-        torch.set_num_threads(threads)
-        cv2.setNumThreads(threads)
+        set_threads(threads)
     model, note = lpips_state(cfg)
     _STATE.update(cfg=cfg, cache=open_cache(cfg), lpips=model, lpips_note=note)
 
@@ -226,6 +232,8 @@ def run(cfg: EvalConfig, progress: bool = True) -> tuple[list[dict], dict]:
     todo = [k for k in range(len(jobs)) if k not in done]
     info = {"jobs": len(jobs), "reused": len(done), "scored": len(todo)}
     if todo:
+        if cfg.run.threads:
+            set_threads(cfg.run.threads)
         cache = open_cache(cfg)
         prepare([jobs[k] for k in todo], cfg, cache, progress)
         info["prepare_seconds"] = round(time.time() - start, 3)
@@ -237,7 +245,7 @@ def run(cfg: EvalConfig, progress: bool = True) -> tuple[list[dict], dict]:
                 bar.update(1)
         else:
             context = multiprocessing.get_context("spawn")  # no fork after torch/OpenCV started their threads
-            with ProcessPoolExecutor(cfg.run.jobs, context, init_worker, (cfg, 1)) as pool:
+            with ProcessPoolExecutor(cfg.run.jobs, context, init_worker, (cfg, cfg.run.threads or 1)) as pool:
                 futures = {pool.submit(score, jobs[k]): k for k in todo}
                 for future in as_completed(futures):
                     done[futures[future]] = future.result()

@@ -136,6 +136,7 @@ def bonneel_step(p_t: torch.Tensor, target: torch.Tensor, w: torch.Tensor, tol: 
     return p_t + d, iters, rel
 
 
+@torch.inference_mode()
 def bonneel_frames(flow, pairs, lam: float = 1.0, device="cpu", tol: float = 1e-5, max_iter: int = 1000):
     """O_0 = P_0, then O_t = bonneel_step(P_t, warp(O_{t−1}, F_t), w_t) with F_t = flow(I_t → I_{t−1}).
 
@@ -144,18 +145,17 @@ def bonneel_frames(flow, pairs, lam: float = 1.0, device="cpu", tol: float = 1e-
     if not lam >= 0:
         raise ValueError(f"bonneel: lambda must be >= 0, got {lam}")
     i_prev = o_prev = None
-    with torch.inference_mode():
-        for i_np, p_np in pairs:
-            i_t, p_t = frames_to_tensor(i_np).to(device), frames_to_tensor(p_np).to(device)
-            if o_prev is None or lam == 0:
-                o_t = p_t
-            else:
-                f = flow(i_t, i_prev)
-                w = confidence(i_t, warp(i_prev, f), lam)
-                o_t, iters, rel = bonneel_step(p_t, warp(o_prev, f), w, tol, max_iter)
-                if rel > tol:
-                    warnings.warn(
-                        f"bonneel: relative residual {rel:.1e} > {tol:.0e} after {iters} CG iterations", stacklevel=2
-                    )
-            yield tensor_to_frame(o_t)
-            i_prev, o_prev = i_t, o_t
+    for i_np, p_np in pairs:
+        i_t, p_t = frames_to_tensor(i_np).to(device), frames_to_tensor(p_np).to(device)
+        if o_prev is None or lam == 0:
+            o_t = p_t
+        else:
+            f = flow(i_t, i_prev)
+            w = confidence(i_t, warp(i_prev, f), lam)
+            o_t, iters, rel = bonneel_step(p_t, warp(o_prev, f), w, tol, max_iter)
+            if rel > tol:
+                warnings.warn(
+                    f"bonneel: relative residual {rel:.1e} > {tol:.0e} after {iters} CG iterations", stacklevel=2
+                )
+        yield tensor_to_frame(o_t)
+        i_prev, o_prev = i_t, o_t

@@ -89,12 +89,13 @@ def reference(cache: FlowCache, video: Path, spec: Tracking, progress: bool = Fa
     `first_box`. Returns {"first_box", "box_source", "reference", "object_id", "boxes"}.
     """
     video = Path(video)
-    key = json.dumps([spec.tracker, spec.box, str(spec.annotations), spec.object_id])
+    annotated = spec.annotations is not None and Path(spec.annotations).is_dir()
+    key = json.dumps([spec.tracker, spec.box, str(spec.annotations) if annotated else None, spec.object_id])
     path = cache.paths(video, 0)[0].parent / f"track_{hashlib.sha1(key.encode()).hexdigest()[:10]}.json"
     if path.is_file():
         return json.loads(path.read_text())
     n = len(cache.source(video))
-    if spec.annotations is not None and Path(spec.annotations).is_dir():
+    if annotated:
         object_id, boxes = annotation_boxes(spec.annotations, n, spec.object_id)
         ref = {"first_box": boxes[0], "box_source": "annotation", "reference": "annotations",
                "object_id": object_id, "boxes": boxes}
@@ -141,7 +142,7 @@ def evaluate_video(cache: FlowCache, input_path, result_path, processed_path=Non
     o_prev = p_prev = None
     for t, (o, p) in enumerate(tqdm(frames, total=n, desc="evaluate", disable=not progress, leave=False)):
         if t > 0:
-            fw, _, occ = cache.pair(roles["input"], t - 1)
+            fw, occ = cache.forward(roles["input"], t - 1)
             per_frame["warping_error"].append(warping_error_pair(o, o_prev, fw, occ))
             if "warping_error_processed" in per_frame:
                 per_frame["warping_error_processed"].append(warping_error_pair(p, p_prev, fw, occ))
@@ -151,7 +152,11 @@ def evaluate_video(cache: FlowCache, input_path, result_path, processed_path=Non
             if "lpips" in per_frame:
                 per_frame["lpips"].append(lpips_distance(opt.lpips, o, p))
         if tracker is not None:
-            boxes.append(tracker.step(o))
+            try:
+                boxes.append(tracker.step(o))
+            except ValueError as err:  # cannot start on this box
+                tracker = None
+                out.update(tracking_iou=None, tracking_note=str(err))
         o_prev, p_prev = o, p
     out.update({k: fmean(v) for k, v in per_frame.items()})  # psnr is inf when a frame of O equals P's
     if with_p and opt.lpips is None:

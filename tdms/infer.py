@@ -35,6 +35,7 @@ def pad_to(x: torch.Tensor, multiple: int = 4) -> tuple[torch.Tensor, tuple[int,
     return x, (h, w)
 
 
+@torch.inference_mode()
 def tdms_frames(model, pairs, device="cpu", amp: str = "fp32"):
     """O_0 = P_0, then O_t = model(I_{t-1}, I_t, O_{t-1}, P_t); O_{t-1} stays on the device at fp32."""
     dtype = AMP[amp]
@@ -42,17 +43,16 @@ def tdms_frames(model, pairs, device="cpu", amp: str = "fp32"):
         raise ValueError(f"--dtype {amp} needs a CUDA device")
     ctx = torch.autocast("cuda", dtype=dtype) if dtype is not None else nullcontext()
     i_prev = o_prev = None
-    with torch.inference_mode():
-        for i_np, p_np in pairs:
-            i_t, size = pad_to(frames_to_tensor(i_np).to(device))
-            p_t, _ = pad_to(frames_to_tensor(p_np).to(device))
-            if o_prev is None:
-                o_t = p_t
-            else:
-                with ctx:
-                    o_t = model(i_prev, i_t, o_prev, p_t)["output"].float()
-            yield tensor_to_frame(o_t[..., : size[0], : size[1]])
-            i_prev, o_prev = i_t, o_t
+    for i_np, p_np in pairs:
+        i_t, size = pad_to(frames_to_tensor(i_np).to(device))
+        p_t, _ = pad_to(frames_to_tensor(p_np).to(device))
+        if o_prev is None:
+            o_t = p_t
+        else:
+            with ctx:
+                o_t = model(i_prev, i_t, o_prev, p_t)["output"].float()
+        yield tensor_to_frame(o_t[..., : size[0], : size[1]])
+        i_prev, o_prev = i_t, o_t
 
 
 def naive_frames(flow, pairs):

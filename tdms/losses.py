@@ -58,19 +58,28 @@ def vgg16_weights_path(path: str = "") -> Path:
 
 
 class VGGFeatures(nn.Module):
-    """Frozen VGG16 features up to relu4_3, ImageNet-normalised input. Never trained, never checkpointed."""
+    """Frozen VGG16 features up to relu4_3, ImageNet-normalised input. Never trained, never checkpointed.
+
+    Loads the `features.*` tensors it uses from a torchvision VGG16 state dict (strictly: all must be there,
+    with the right shapes); the classifier's tensors in the file are not needed and are ignored.
+    """
 
     def __init__(self, weights: str | Path):
         super().__init__()
         from torchvision.models import vgg16
 
-        net = vgg16()
+        self.features = vgg16().features[:23].eval()  # conv1_1 ... relu4_3
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)
-            net.load_state_dict(state)
         except Exception as e:
-            raise ValueError(f"{weights}: not a torchvision VGG16 state dict ({type(e).__name__}: {e})") from None
-        self.features = net.features[:23].eval()  # conv1_1 ... relu4_3
+            raise ValueError(f"{weights}: not a readable PyTorch file ({type(e).__name__}: {e})") from None
+        own = {f"features.{k}": v for k, v in self.features.state_dict().items()}
+        missing = [k for k in own if k not in state or state[k].shape != own[k].shape]
+        if not isinstance(state, dict) or missing:
+            seen = list(state)[:3] if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"{weights}: not a torchvision VGG16 state dict (missing or misshapen "
+                             f"{missing[:3]}...; the file has {seen})")
+        self.features.load_state_dict({k[len("features."):]: state[k] for k in own})
         for p in self.features.parameters():
             p.requires_grad_(False)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)

@@ -68,12 +68,12 @@ def psnr(a, b) -> float:
 
 def ssim(a, b) -> float:
     """SSIM of two (H,W,3) images in [0,1]: skimage's structural_similarity (7x7 uniform window, sample
-    covariance, K1 0.01, K2 0.03, data range 1, mean over the interior and the channels), via OpenCV box
-    filters because skimage's scipy filters cost ~10x more per frame."""
-    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    covariance, K1 0.01, K2 0.03, data range 1, mean over the interior and the channels) computed with
+    OpenCV box filters in float32: ~1e-6 from skimage's float64 at a tenth of its cost per frame."""
+    x, y = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
 
     def mean(img):  # the window mean; border values differ from scipy's but are cropped below
-        return cv2.boxFilter(img, cv2.CV_64F, (SSIM_WIN, SSIM_WIN), borderType=cv2.BORDER_REFLECT)
+        return cv2.boxFilter(img, -1, (SSIM_WIN, SSIM_WIN), borderType=cv2.BORDER_REFLECT)
 
     n = SSIM_WIN * SSIM_WIN
     cov_norm = n / (n - 1)
@@ -83,7 +83,7 @@ def ssim(a, b) -> float:
     c1, c2 = 0.01**2, 0.03**2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))  # (H,W,3)
     pad = (SSIM_WIN - 1) // 2
-    return float(s[pad:-pad, pad:-pad].mean())
+    return float(s[pad:-pad, pad:-pad].mean(dtype=np.float64))
 
 
 def composite(lpips, d_t, iou=None, use_iou: bool = True) -> float | None:

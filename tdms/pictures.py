@@ -56,9 +56,10 @@ def bar_chart(values: dict, out_png: Path, title: str, ylabel: str) -> None:
 
 
 def task_bars(table: list[dict], methods: list[str], out: Path, metric: str = "D_t") -> list[Path]:
-    """One bar chart per row of a table ({"dataset", "task", <method>: value}), e.g. D_t per method."""
+    """One bar chart per row of a table ({"dataset", "task", <method>: value}), e.g. D_t per method; the
+    per-dataset "mean" row gets one too, the "sum" row (the same bars scaled) does not."""
     written = []
-    for row in table:
+    for row in (r for r in table if r["task"] != "sum"):
         path = out / row["dataset"] / f"{slug(row['task'])}_{metric}.png"
         bar_chart({m: row.get(m) for m in methods}, path, f"{row['task']} / {row['dataset']}: {metric}", metric)
         written.append(path)

@@ -103,31 +103,34 @@ def tables(tasks: dict, overall: dict, methods: list[str], processed: str) -> di
 
 
 def fmt(value) -> str:
+    """4 decimals; 3 significant digits for small non-zero values such as warping errors (0.00274)."""
     if value is None:
         return "–"
-    return f"{value:.5f}" if isinstance(value, float) and abs(value) < 0.1 else f"{value:.4f}"
+    return f"{value:.3g}" if 0 < abs(value) < 0.01 else f"{value:.4f}"
+
+
+def table_markdown(summary: dict, metric: str, heading: str) -> str:
+    """One table as Markdown; a cell says how many values it left out (excl.) and videos it lacks (n/e)."""
+    table = summary["tables"][metric]
+    columns = [c for c in table[0] if c not in ("dataset", "task")] if table else []
+    lines = [f"## {heading}\n", "| dataset | task | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
+    for r in table:
+        cells = []
+        for m in columns:
+            counts = summary["tasks"].get((m, r["dataset"], r["task"])) or {}
+            if r["task"] == "mean":
+                counts = summary["overall"].get((m, r["dataset"]), {})
+            flags = counts.get("excluded", {}).get(metric, 0) if r["task"] != "sum" else 0
+            missing = counts.get("not_evaluated", 0) if r["task"] not in ("mean", "sum") else 0
+            marks = (f" ({flags} excl.)" if flags else "") + (f" ({missing} n/e)" if missing else "")
+            cells.append(fmt(r[m]) + marks)
+        lines.append(f"| {r['dataset']} | {r['task']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown(summary: dict, rows: list[dict], title: str) -> str:
     """All tables, then the excluded values and the videos not evaluated, as one Markdown document."""
-    parts = [f"# {title}\n"]
-    for metric, heading in TABLES:
-        table = summary["tables"][metric]
-        columns = [c for c in table[0] if c not in ("dataset", "task")] if table else []
-        parts.append(f"## {heading}\n")
-        lines = ["| dataset | task | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
-        for r in table:
-            cells = []
-            for m in columns:
-                counts = summary["tasks"].get((m, r["dataset"], r["task"])) or {}
-                if r["task"] == "mean":
-                    counts = summary["overall"].get((m, r["dataset"]), {})
-                flags = counts.get("excluded", {}).get(metric, 0) if r["task"] != "sum" else 0
-                missing = counts.get("not_evaluated", 0) if r["task"] not in ("mean", "sum") else 0
-                marks = (f" ({flags} excl.)" if flags else "") + (f" ({missing} n/e)" if missing else "")
-                cells.append(fmt(r[m]) + marks)
-            lines.append(f"| {r['dataset']} | {r['task']} | " + " | ".join(cells) + " |")
-        parts.append("\n".join(lines) + "\n")
+    parts = [f"# {title}\n"] + [table_markdown(summary, metric, heading) for metric, heading in TABLES]
     excluded = [r for r in rows if r["status"] == "ok" and any(
         isinstance(r.get(m), float) and math.isnan(r[m]) for m in METRICS)]
     if excluded:
@@ -141,12 +144,16 @@ def markdown(summary: dict, rows: list[dict], title: str) -> str:
         parts += [f"- {r['method']} {r['task']}/{r['dataset']}/{r['video']}: {r['status']}: {r['note']}"
                   for r in skipped]
         parts.append("")
-    notes = sorted({r[k] for r in rows for k in ("lpips_note", "tracking_note") if r.get(k)})
-    if notes:
+    if notes(rows):
         parts.append("## Notes\n")
-        parts += [f"- {n}" for n in notes]
+        parts += [f"- {n}" for n in notes(rows)]
         parts.append("")
     return "\n".join(parts)
+
+
+def notes(rows: list[dict]) -> list[str]:
+    """The distinct reasons why LPIPS or tracking IoU are missing."""
+    return sorted({r[k] for r in rows for k in ("lpips_note", "tracking_note") if r.get(k)})
 
 
 def videos_csv(rows: list[dict]) -> str:

@@ -46,9 +46,15 @@ class Track:
     def step(self, frame):
         if self.tracker is None:
             self.tracker = make_tracker(self.name)
-            self.tracker.init(to_bgr8(frame), self.box)
+            try:
+                self.tracker.init(to_bgr8(frame), self.box)
+            except cv2.error as err:  # e.g. CSRT on a 1x1 box
+                raise ValueError(f"{self.name} tracker cannot start on box {self.box}: {err.err}") from None
             return self.box
-        ok, box = self.tracker.update(to_bgr8(frame))
+        try:
+            ok, box = self.tracker.update(to_bgr8(frame))
+        except cv2.error:  # a tracker that fails inside has lost the object
+            return None
         box = tuple(int(round(v)) for v in box)
         return box if ok and box[2] > 0 and box[3] > 0 else None
 

@@ -71,6 +71,7 @@ def test_config_run_tables_pictures_and_resume(lai_root, tmp_path, capsys):
     assert "(1 n/e)" in md and "alexnet-owt-7be5be79.pth" in md
     assert (out / "plots" / "warping_error" / DATASET / "gain_flicker" / "v0.png").stat().st_size > 1000
     assert (out / "plots" / "bars" / DATASET / "gain_flicker_D_t.png").stat().st_size > 1000
+    assert (out / "plots" / "bars" / DATASET / "mean_D_t.png").exists()
     cmp_video = FrameSource(out / "videos" / DATASET / "gain_flicker" / "v0.mp4")
     assert len(cmp_video) == 6 and cmp_video.size == (32, 4 * 40)  # input | processed | same | calm
     assert not (out / "videos" / DATASET / "gain_flicker" / "v1.mp4").exists()  # --videos 1

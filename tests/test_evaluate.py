@@ -107,6 +107,7 @@ def test_single_video_without_processed(tmp_path):
     )
     m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert m["flow"] == "dis-ultrafast" and "relative_reduction" not in m and "psnr" not in m
+    assert m["composite"] is None and "--processed" in m["composite_note"]
     assert (tmp_path / "c" / "dis-ultrafast").is_dir()
 
 

@@ -237,3 +237,16 @@ def test_cache_on_a_video_file(tmp_path):
     assert backend.calls == 2
     fw, _, _ = cache.pair(path, 1)
     assert backend.calls == 2 and abs(fw[0, 20:-20, 20:-20].median() - 2.0) < 0.3
+
+
+def test_cache_forward_reads_fw_and_occlusion_only(tmp_path, video):
+    backend = CountingFlow()
+    cache = FlowCache(tmp_path / "cache", backend)
+    fw, _, occ = cache.pair(video, 0)
+    _, bw_path, occ_path = cache.paths(video, 0)
+    bw_path.unlink()  # forward() does not need it while the occlusion file is there
+    fw2, occ2 = cache.forward(video, 0)
+    assert backend.calls == 1 and torch.equal(fw2, fw) and torch.equal(occ2, occ)
+    occ_path.unlink()  # no occlusion and no bw: the pair is computed again
+    fw3, occ3 = cache.forward(video, 0)
+    assert backend.calls == 2 and torch.equal(fw3, fw) and torch.equal(occ3, occ) and bw_path.exists()

@@ -123,3 +123,12 @@ def test_bad_backbone_files(hub, tmp_path):
         load_lpips("alex", weights=squeeze)  # another network's file
     with pytest.raises(ValueError, match="unknown LPIPS backbone"):
         backbone_path("resnet")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_gives_the_cpu_value(hub):
+    write_backbone(hub, "alex")
+    other = noisy(IMG, 0.1)
+    cpu = lpips_distance(load_lpips("alex"), IMG, other)
+    assert lpips_distance(load_lpips("alex", device="cuda"), IMG, other) == pytest.approx(cpu, rel=1e-3)

@@ -145,3 +145,9 @@ def test_kcf_option_and_unknown_tracker():
     assert track(frames, truth[0], "kcf")[0] == truth[0]
     with pytest.raises(ValueError, match="unknown tracker 'mosse'"):
         track(frames, truth[0], "mosse")
+
+
+def test_a_box_the_tracker_cannot_start_on_is_an_error():
+    frames, _ = moving_patch(n=2)
+    with pytest.raises(ValueError, match=r"csrt tracker cannot start on box \(5, 5, 1, 1\)"):
+        track(frames, (5, 5, 1, 1), "csrt")

@@ -24,7 +24,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from tdms.batch import PROCESSED, EvalConfig, plan, run
+from tdms.batch import PROCESSED, EvalConfig, plan, run, set_threads
 from tdms.config import load_config
 from tdms.evaluate import Options, Tracking, evaluate_video
 from tdms.flow import BACKENDS, build_flow
@@ -32,7 +32,7 @@ from tdms.flow.cache import FlowCache
 from tdms.io import FrameSource, write_bytes_atomic
 from tdms.lpips import NETS, load_lpips
 from tdms.pictures import comparison_videos, error_plots, task_bars
-from tdms.report import TABLES, jsonable_summary, markdown, summarise, videos_csv
+from tdms.report import TABLES, jsonable_summary, markdown, notes, summarise, table_markdown, videos_csv
 from tdms.tracking import TRACKERS, check_box, parse_box
 from tdms.viz import plot_series
 
@@ -54,7 +54,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks-list", help="batch: '<dataset> <task>' lines (default DATA/lists/PHASE_tasks.txt)")
     p.add_argument("--flow", choices=BACKENDS, help="flow backend (default dis)")
     p.add_argument("--flow-preset", help="DIS preset: ultrafast, fast, medium (default)")
-    p.add_argument("--device", help="device of network flow backends (default cpu)")
+    p.add_argument("--device", help="device of LPIPS and network flow backends (default cpu)")
     p.add_argument("--cache", help="flow cache folder")
     p.add_argument("--lpips-net", choices=NETS, help="LPIPS backbone (default alex)")
     p.add_argument("--lpips-weights", help="LPIPS backbone file (default torchvision's cache)")
@@ -67,6 +67,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resize", action="store_true", help="resize frames of another size instead of failing")
     p.add_argument("--jobs", type=int, help="batch: parallel processes (default 1)")
     p.add_argument("--videos", type=int, help="batch: comparison videos for the first N videos (default 3)")
+    p.add_argument("--threads", type=int, help="torch/OpenCV threads (default theirs; 1 helps on a busy machine)")
     p.add_argument("--out", help="folder for the reports (batch: default run.out of the config)")
     return p
 
@@ -104,7 +105,7 @@ def lpips_option(args) -> tuple[object, str]:
     if args.no_lpips:
         return None, "skipped (--no-lpips)"
     try:
-        return load_lpips(args.lpips_net or "alex", args.lpips_weights), ""
+        return load_lpips(args.lpips_net or "alex", args.lpips_weights, args.device or "cpu"), ""
     except FileNotFoundError as err:
         return None, str(err)
 
@@ -125,6 +126,8 @@ def run_single(args, out: Path) -> None:
         args.tracker or "csrt", box, Path(args.annotations) if args.annotations else None, args.object_id)
     metrics = evaluate_video(cache, args.input, results, args.processed, Options(model, note, tracking, args.resize))
     metrics.update(input=args.input, results=results, processed=args.processed)
+    if not args.processed:
+        metrics.update(composite=None, composite_note="needs --processed (D_t and LPIPS are measured against P)")
     write_json(out / "metrics.json", metrics)
     curves = {"result": metrics["per_frame"]["warping_error"]}
     if args.processed:
@@ -143,12 +146,15 @@ def batch_config(args) -> EvalConfig:
     cfg = load_config(args.config, args.set, cls=EvalConfig)
     if args.results:
         cfg.methods = dict(r.split("=", 1) if "=" in r else (Path(r).name, r) for r in args.results)
-    flags = {("data", "root"): args.data_dir, ("data", "phase"): args.phase, ("data", "tasks_list"): args.tasks_list,
-             ("flow", "backend"): args.flow, ("flow", "preset"): args.flow_preset, ("flow", "device"): args.device,
-             ("flow", "cache"): args.cache, ("lpips", "net"): args.lpips_net, ("lpips", "weights"): args.lpips_weights,
-             ("tracking", "tracker"): args.tracker, ("run", "jobs"): args.jobs, ("run", "videos"): args.videos,
-             ("run", "out"): args.out, ("lpips", "enabled"): False if args.no_lpips else None,
-             ("tracking", "enabled"): False if args.no_tracking else None, ("run", "resize"): args.resize or None}
+    flags = {
+        ("data", "root"): args.data_dir, ("data", "phase"): args.phase, ("data", "tasks_list"): args.tasks_list,
+        ("flow", "backend"): args.flow, ("flow", "preset"): args.flow_preset, ("flow", "device"): args.device,
+        ("flow", "cache"): args.cache, ("lpips", "net"): args.lpips_net, ("lpips", "weights"): args.lpips_weights,
+        ("lpips", "enabled"): False if args.no_lpips else None, ("tracking", "tracker"): args.tracker,
+        ("tracking", "enabled"): False if args.no_tracking else None, ("run", "out"): args.out,
+        ("run", "jobs"): args.jobs, ("run", "videos"): args.videos, ("run", "threads"): args.threads,
+        ("run", "resize"): args.resize or None,
+    }
     for (section, key), value in flags.items():
         if value is not None:
             setattr(getattr(cfg, section), key, value)
@@ -169,11 +175,12 @@ def run_batch(cfg: EvalConfig) -> None:
     error_plots(rows, PROCESSED, out / "plots" / "warping_error")
     task_bars(summary["tables"]["relative_reduction"], methods, out / "plots" / "bars")
     comparison_videos(rows, plan(cfg), methods, PROCESSED, out / "videos", cfg.run.videos)
-    paper = text.split(f"## {TABLES[3][1]}")[0]  # the first three tables
-    print(paper.rstrip())
+    print("\n".join(table_markdown(summary, metric, heading) for metric, heading in TABLES[:3]))  # the paper's
     skipped = [r for r in rows if r["status"] != "ok"]
     for r in skipped:
         print(f"{r['status']}: {r['method']} {r['task']}/{r['dataset']}/{r['video']}: {r['note']}", file=sys.stderr)
+    for note in notes(rows):
+        print(f"note: {note}", file=sys.stderr)
     print(f"{info['scored']} video(s) scored, {info['reused']} reused, {len(skipped)} not evaluated, "
           f"{info['seconds']:.1f} s", file=sys.stderr)
 
@@ -199,6 +206,8 @@ def main(argv=None) -> int:
             run_batch(cfg)
             out = cfg.run.out
         else:
+            if args.threads:
+                set_threads(args.threads)
             run_single(args, Path(args.out))
             out = args.out
         print(f"tdms-evaluate: reports in {out}")

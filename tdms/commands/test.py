@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from tdms.api import checkpoint_path
 from tdms.bonneel import bonneel_frames
 from tdms.checkpoint import load_model
 from tdms.dataset import read_list, read_tasks
@@ -34,9 +35,6 @@ from tdms.infer import (
 )
 from tdms.train import pick_device
 
-CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
-DEFAULT_CHECKPOINT = CHECKPOINTS / "tdms_offline.pth"
-
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tdms-test", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -47,7 +45,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--phase", default="test")
     p.add_argument("--tasks-list", help="dataset mode: '<dataset> <task>' lines (default DATA/lists/test_tasks.txt)")
     p.add_argument("--method", choices=METHODS, default="tdms")
-    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="tdms checkpoint or the authors' .pth")
+    p.add_argument("--checkpoint", default="tdms_offline",
+                   help="a name in checkpoints/ (default tdms_offline, the shipped one), a tdms checkpoint file, "
+                        "or the authors' model_pf_epoch_65.pth")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--dtype", choices=list(AMP), default="fp32", help="fp16/bf16 autocast (CUDA only)")
     p.add_argument("--flow", default="dis", help="flow backend of the naive and bonneel methods")
@@ -61,8 +61,9 @@ def parser() -> argparse.ArgumentParser:
 def make_method(args, device):
     """A function (pairs iterator) -> output frames generator, and a description."""
     if args.method == "tdms":
-        model = load_model(args.checkpoint, device, verbose=True)
-        return (lambda pairs: tdms_frames(model, pairs, device, args.dtype)), f"tdms ({args.checkpoint})"
+        path = checkpoint_path(args.checkpoint)
+        model = load_model(path, device, verbose=True)
+        return (lambda pairs: tdms_frames(model, pairs, device, args.dtype)), f"tdms ({path})"
     if args.method == "naive":
         flow = build_flow(args.flow)
         return (lambda pairs: naive_frames(flow, pairs)), f"naive blend ({flow.name})"

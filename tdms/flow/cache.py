@@ -63,6 +63,15 @@ class FlowCache:
             write_occlusion(occ_path, occ)
         return fw, bw, occ
 
+    def forward(self, video, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fw, occ) of the pair (t, t+1), all the warping error needs: bw is read only if occ must be made."""
+        src = self.source(video)
+        fw_path, _, occ_path = self.paths(video, t)
+        fw, occ = load_flow(fw_path, src.size), load_occlusion(occ_path, src.size)
+        if fw is None or occ is None:
+            fw, _, occ = self.pair(video, t)
+        return fw, occ
+
     def prepare(self, video, progress: bool = True) -> None:
         """Compute every pair of `video` whose files are not all there, reading the frames in order."""
         src = self.source(video)
