@@ -39,6 +39,7 @@ class FlowSection:
     backend: str = "dis"
     preset: str = "medium"
     device: str = "cpu"  # of network flow backends and of LPIPS
+    checkpoint: str = ""  # flownet2 / raft weights file (default: torchvision's cache folder)
     cache: str = ""  # default root/cache/flow
 
 
@@ -134,7 +135,7 @@ def finished(job: Job, cfg: EvalConfig) -> dict | None:
 
 def open_cache(cfg: EvalConfig) -> FlowCache:
     root = Path(cfg.flow.cache) if cfg.flow.cache else Path(cfg.data.root) / "cache" / "flow"
-    return FlowCache(root, build_flow(cfg.flow.backend, cfg.flow.preset, cfg.flow.device))
+    return FlowCache(root, build_flow(cfg.flow.backend, cfg.flow.preset, cfg.flow.device, cfg.flow.checkpoint))
 
 
 def lpips_state(cfg: EvalConfig) -> tuple[object, str]:

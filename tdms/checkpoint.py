@@ -3,6 +3,8 @@
 Formats recognised by `load_model`:
 - ours (training or export): {'format': 'tdms', 'model': state_dict, 'config': {...}, ...}
 - the authors' release (`model_pf_epoch_65.pth`): {'model': state_dict} with dead IN buffers -> quirks on.
+- Lai et al.'s release (TransformNet + ConvLSTM): {'model': state_dict} with `convlstm.Gates.*` -> arch lai.
+Our checkpoints carry `model.arch` in their config, so either network is rebuilt from the file alone.
 """
 
 import os
@@ -11,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from tdms.config import ModelConfig, config_from_dict, to_dict
+from tdms.config import ARCHS, ModelConfig, config_from_dict, to_dict
+from tdms.lai_model import LaiNet
 from tdms.model import TDMSNet
 
 FORMAT = "tdms"
@@ -45,8 +48,17 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+def build_model(mcfg: ModelConfig) -> torch.nn.Module:
+    """The network `mcfg.arch` names, untrained."""
+    if mcfg.arch == "tdms":
+        return TDMSNet(mcfg.nf, mcfg.norm, mcfg.original_quirks)
+    if mcfg.arch == "lai":
+        return LaiNet(mcfg.nf, mcfg.norm, mcfg.original_quirks)
+    raise ValueError(f"unknown model.arch {mcfg.arch!r}; choose from {list(ARCHS)}")
+
+
 def is_released_format(ckpt: dict) -> bool:
-    """The authors' file: no config, and the never-applied IN buffers are present."""
+    """The authors' file (TDMS-Net's or Lai et al.'s): no config, and the never-applied IN buffers are present."""
     return ckpt.get("format") != FORMAT and "conv1a.norm_layer.running_mean" in ckpt["model"]
 
 
@@ -54,8 +66,10 @@ def model_config_of(ckpt: dict) -> ModelConfig:
     if ckpt.get("format") == FORMAT:
         return config_from_dict(ckpt["config"]).model
     if is_released_format(ckpt):
-        return ModelConfig(nf=ckpt["model"]["conv1a.conv2d.weight"].shape[0], norm="none", original_quirks=True)
-    raise ValueError("not a tdms checkpoint and not the authors' released TDMS-Net format")
+        arch = "lai" if "convlstm.Gates.weight" in ckpt["model"] else "tdms"
+        nf = ckpt["model"]["conv1a.conv2d.weight"].shape[0]
+        return ModelConfig(arch=arch, nf=nf, norm="none", original_quirks=True)
+    raise ValueError("not a tdms checkpoint and not a released TDMS-Net or Lai et al. file")
 
 
 def load_state(model: torch.nn.Module, state: dict, source: str):
@@ -79,7 +93,7 @@ def load_state(model: torch.nn.Module, state: dict, source: str):
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
-def load_model(path: str | Path, device="cpu", verbose: bool = False) -> TDMSNet:
+def load_model(path: str | Path, device="cpu", verbose: bool = False) -> torch.nn.Module:
     """Build the network a checkpoint describes and load its weights (strict). Returns it in eval mode."""
     ckpt = read_checkpoint(path)
     try:
@@ -87,8 +101,9 @@ def load_model(path: str | Path, device="cpu", verbose: bool = False) -> TDMSNet
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     if verbose and mcfg.original_quirks:
-        print(f"{path}: the authors' released format; original_quirks on (its weights were trained with them)")
-    model = TDMSNet(mcfg.nf, mcfg.norm, mcfg.original_quirks)
+        who = "Lai et al.'s" if mcfg.arch == "lai" else "the authors'"
+        print(f"{path}: {who} released format; original_quirks on (its weights were trained with them)")
+    model = build_model(mcfg)
     load_state(model, ckpt["model"], str(path))
     return model.to(device).eval()
 

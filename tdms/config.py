@@ -1,6 +1,10 @@
 """One config schema: typed dataclass defaults, one YAML per experiment, `section.key=value` overrides.
 
 Unknown keys are errors everywhere (YAML and command line).
+
+Defaults follow DESIGN §5 except `loss.flow_cycle`, which defaults to 0 (DESIGN: 1) so that configs written
+before the term existed (configs/tdms_offline.yaml, the shipped model's recipe) train exactly as before;
+configs/paper_tdms.yaml sets it to 1.
 """
 
 import dataclasses
@@ -10,11 +14,16 @@ from pathlib import Path
 import yaml
 
 
+ARCHS = ("tdms", "lai")
+AMP_MODES = ("fp32", "bf16", "fp16")
+
+
 @dataclass
 class ModelConfig:
+    arch: str = "tdms"  # tdms | lai (Lai et al. 2018: TransformNet + ConvLSTM, DESIGN §9)
     nf: int = 32
     norm: str = "none"  # none | instance (the original said IN but never applied it)
-    original_quirks: bool = False  # reproduce the released model's forward (DESIGN §4)
+    original_quirks: bool = False  # reproduce the released model's forward (DESIGN §4; lai: dead IN buffers)
 
 
 @dataclass
@@ -33,8 +42,10 @@ class DataConfig:
 
 @dataclass
 class FlowConfig:
-    backend: str = "dis"
-    preset: str = "medium"
+    backend: str = "dis"  # dis | flownet2 | raft | raft-small; the flow cache is kept per backend
+    preset: str = "medium"  # DIS only
+    checkpoint: str = ""  # flownet2/raft weights file; "" = the default file in torch's hub cache
+    device: str = "auto"  # where the flow network runs; auto = train.device
 
 
 @dataclass
@@ -44,6 +55,7 @@ class LossConfig:
     perceptual: float = 10.0  # needs VGG16 weights; skipped with a message when absent
     fidelity: float = 1.0
     flow: float = 0.5
+    flow_cycle: float = 0.0  # L1(flow(I_{t-1}->I_t), flow(O_{t-1}->O_t)); needs flownet2/raft; DESIGN's 1 in paper_tdms
     mask: float = 1.0
     alpha: float = 50.0  # visibility mask sharpness
     squared_norm: bool = False  # False: original (sum channels, then square); True: the paper's squared norm
@@ -72,6 +84,9 @@ class TrainConfig:
     image_every: int = 500
     ckpt_every: int = 500
     threads: int = 0  # torch CPU threads, 0 = torch's default
+    amp: str = "fp32"  # fp32 | bf16 | fp16 (CUDA only, with a GradScaler saved in the checkpoints)
+    channels_last: bool = False  # NHWC memory format for the model and its inputs (faster convs on tensor cores)
+    compile: bool = False  # torch.compile the model's forward (checkpoints keep the plain module's names)
 
 
 @dataclass

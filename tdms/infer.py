@@ -1,7 +1,8 @@
 """Making a processed video temporally consistent: TDMS-Net, and the naive and identity baselines.
 
 Each method is a generator over (I_t, P_t) frame pairs yielding O_t as float32 (H,W,3) numpy frames,
-unclipped; the writer clips. Reading and writing run in threads beside the network.
+unclipped; the writer clips. Reading and writing run in threads beside the network (prefetch, process_video).
+Several videos in one batch: tdms/batched.py; the fast forward options: tdms/runner.py.
 """
 
 import json
@@ -10,7 +11,6 @@ import queue
 import shutil
 import threading
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +19,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from tdms.io import VIDEO_EXTS, FrameSource, FrameWriter, check_output, frames_to_tensor, tensor_to_frame
+from tdms.runner import AMP as AMP  # re-exported: the --dtype choices
+from tdms.runner import make_step
 from tdms.warp import warp
 
 METHODS = ("tdms", "naive", "bonneel", "identity")
 MARKER = ".tdms-output.json"  # marks a folder tdms wrote, the only kind --redo may replace
-AMP = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def pad_to(x: torch.Tensor, multiple: int = 4) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -35,22 +36,22 @@ def pad_to(x: torch.Tensor, multiple: int = 4) -> tuple[torch.Tensor, tuple[int,
     return x, (h, w)
 
 
-@torch.inference_mode()
 def tdms_frames(model, pairs, device="cpu", amp: str = "fp32"):
-    """O_0 = P_0, then O_t = model(I_{t-1}, I_t, O_{t-1}, P_t); O_{t-1} stays on the device at fp32."""
-    dtype = AMP[amp]
-    if dtype is not None and torch.device(device).type != "cuda":
-        raise ValueError(f"--dtype {amp} needs a CUDA device")
-    ctx = torch.autocast("cuda", dtype=dtype) if dtype is not None else nullcontext()
-    i_prev = o_prev = None
+    """O_0 = P_0, then O_t = model(I_{t-1}, I_t, O_{t-1}, P_t): the plain path (fp32 NCHW unless amp says)."""
+    return step_frames(make_step(model, device, amp), pairs, device)
+
+
+@torch.inference_mode()
+def step_frames(step, pairs, device="cpu"):
+    """O_t of one video from its (I_t, P_t) frames; `step` from runner.make_step. O_{t-1} stays on the device."""
+    i_prev = o_prev = state = None
     for i_np, p_np in pairs:
         i_t, size = pad_to(frames_to_tensor(i_np).to(device))
         p_t, _ = pad_to(frames_to_tensor(p_np).to(device))
         if o_prev is None:
             o_t = p_t
         else:
-            with ctx:
-                o_t = model(i_prev, i_t, o_prev, p_t)["output"].float()
+            o_t, state = step(i_prev, i_t, o_prev, p_t, state)
         yield tensor_to_frame(o_t[..., : size[0], : size[1]])
         i_prev, o_prev = i_t, o_t
 
@@ -131,7 +132,7 @@ def process_video(frames, out: Path, n: int, fps: float, meta: dict, ext: str = 
                   desc: str = "") -> dict:
     """Write the generator `frames` to out (folder or video); a killed run leaves only a hidden partial."""
     is_video = out.suffix.lower() in VIDEO_EXTS
-    tmp = out if is_video else out.with_name(f".{out.name}.partial")
+    tmp = out if is_video else partial_path(out)
     if not is_video and tmp.exists():
         shutil.rmtree(tmp)
     start = time.time()
@@ -163,8 +164,18 @@ def process_video(frames, out: Path, n: int, fps: float, meta: dict, ext: str = 
     seconds = time.time() - start
     meta = {**meta, "frames": n, "seconds": round(seconds, 3)}
     if not is_video:
-        (tmp / MARKER).write_text(json.dumps(meta, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        commit(tmp, out, meta)
     return meta
+
+
+def partial_path(out: Path) -> Path:
+    """The hidden folder a frame-folder output is written into until it is complete."""
+    return out.with_name(f".{out.name}.partial")
+
+
+def commit(tmp: Path, out: Path, meta: dict) -> None:
+    """Mark a finished folder output and move it into place, replacing an older tdms output."""
+    (tmp / MARKER).write_text(json.dumps(meta, indent=1))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)

@@ -38,6 +38,18 @@ def perceptual_loss(vgg: "VGGFeatures", output, processed):
     return sum(F.l1_loss(a, b) for a, b in zip(vgg(output), vgg(processed), strict=True))
 
 
+def flow_cycle_loss(flow, i_prev, i_t, o_prev, o_t):
+    """Dual-flow consistency: L1(flow(I_{t-1} -> I_t), flow(O_{t-1} -> O_t)).
+
+    `flow` must be a differentiable backend (flow.differentiable = True): gradients reach O_t through the frozen
+    flow network. The flow of the originals is a fixed target and O_{t-1} is detached, as in the original code,
+    which however ran the whole term under no_grad (so it trained nothing).
+    """
+    with torch.no_grad():
+        target = flow(i_prev, i_t)
+    return F.l1_loss(flow(o_prev.detach(), o_t), target)
+
+
 def warp_target(o_ref, flow_star):
     """warp(O_ref, F*) with O_ref detached: the previous output is a fixed target (Lai et al.)."""
     return warp(o_ref.detach(), flow_star)

@@ -91,15 +91,16 @@ class TDMSNet(nn.Module):
         # refining residual head: upsample-conv with skips from the original-frame branch
         self.deconv1 = UpsampleConvLayer(nf * 4, nf * 2, 3, 1, norm, q)
         self.deconv2 = UpsampleConvLayer(nf * 4, nf, 3, 1, norm, q)
-        self.deconv3 = conv(nf * 2, 3, 7)
+        # The three output layers have no norm (not even a dead one): the original builds them with norm=None.
+        self.deconv3 = ConvLayer(nf * 2, 3, 7)
         # mask head
         self.deconv1_w = transposed(nf * 4, nf * 2)
         self.deconv2_w = transposed(nf * 2, nf)
-        self.deconv3_w = conv(nf, 3, 7)
+        self.deconv3_w = ConvLayer(nf, 3, 7)
         # flow head
         self.deconv1_f = transposed(nf * 4, nf * 2)
         self.deconv2_f = transposed(nf * 2, nf)
-        self.deconv3_f = conv(nf, 2, 7)
+        self.deconv3_f = ConvLayer(nf, 2, 7)
         self.relu = nn.LeakyReLU(0.2)
 
     def _head_blocks(self, blocks: nn.Sequential, e3):

@@ -121,7 +121,7 @@ def table_markdown(summary: dict, metric: str, heading: str) -> str:
             if r["task"] == "mean":
                 counts = summary["overall"].get((m, r["dataset"]), {})
             flags = counts.get("excluded", {}).get(metric, 0) if r["task"] != "sum" else 0
-            missing = counts.get("not_evaluated", 0) if r["task"] not in ("mean", "sum") else 0
+            missing = counts.get("not_evaluated", 0) if r["task"] != "sum" else 0
             marks = (f" ({flags} excl.)" if flags else "") + (f" ({missing} n/e)" if missing else "")
             cells.append(fmt(r[m]) + marks)
         lines.append(f"| {r['dataset']} | {r['task']} | " + " | ".join(cells) + " |")

@@ -1,9 +1,18 @@
-"""The training loop: one function, counted in steps (STYLE §4)."""
+"""The training loop: one function, counted in steps (STYLE §4).
 
+Trains TDMS-Net or Lai et al.'s network (model.arch) with the losses of DESIGN §5 that apply to it.
+GPU options: train.amp (bf16/fp16 autocast of the networks' forward; fp16 with a GradScaler kept in the
+checkpoints), train.channels_last and train.compile. Frozen networks (flow, VGG) never enter the optimizer or
+the checkpoints.
+"""
+
+import copy
 import json
 import math
 import subprocess
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,20 +21,38 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from tdms import losses as L
-from tdms.checkpoint import atomic_save, load_state, read_checkpoint, training_state
-from tdms.config import Config, save_config
+from tdms.checkpoint import atomic_save, build_model, load_state, read_checkpoint, training_state
+from tdms.config import AMP_MODES, Config, save_config
 from tdms.dataset import ClipDataset, find_clips
 from tdms.flow import build_flow
 from tdms.flow.cache import FlowCache
 from tdms.flow.occlusion import visibility_mask
-from tdms.model import TDMSNet
 from tdms.warp import warp
 
 LAST = "last.pth"
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+@dataclass
+class Aux:
+    """What a training step needs besides the model and the batch: frozen networks and precision settings."""
+
+    vgg: L.VGGFeatures | None = None  # perceptual term
+    flow: object = None  # flow backend, no autograd: F*_{t->0} of the long-term term, on the crops
+    cycle_flow: object = None  # the same network with autograd on: the flow-cycle term
+    amp: torch.dtype | None = None  # autocast dtype of the forward passes; None = fp32
+    scaler: torch.amp.GradScaler | None = None  # fp16 only
+    channels_last: bool = False
+
+    def autocast(self, device: torch.device):
+        return torch.autocast(device.type, dtype=self.amp) if self.amp else nullcontext()
+
+    def fmt(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 def git_sha() -> str:
@@ -50,70 +77,140 @@ def lr_factor(cfg: Config):
     return lambda step: max(o.lr_gamma ** (step // o.lr_step), o.lr_min / o.lr)
 
 
-def build_data(cfg: Config) -> tuple[ClipDataset, FlowCache]:
+def build_flow_backend(cfg: Config, device: torch.device):
+    """cfg.flow's backend; flow.device 'auto' runs it where the model trains."""
+    where = device if cfg.flow.device == "auto" else pick_device(cfg.flow.device)
+    return build_flow(cfg.flow.backend, preset=cfg.flow.preset, device=where, checkpoint=cfg.flow.checkpoint)
+
+
+def differentiable(backend):
+    """A twin of a network backend (same frozen weights, no copy) through which gradients reach the images."""
+    if not hasattr(backend, "differentiable"):
+        raise ValueError(f"loss.flow_cycle needs a flow network gradients can pass through (flow.backend flownet2, "
+                         f"raft or raft-small); {backend.name} (OpenCV DIS) is not differentiable. "
+                         f"Set loss.flow_cycle=0 or choose such a backend.")
+    twin = copy.copy(backend)
+    twin.differentiable = True
+    return twin
+
+
+def check_flow_input(flow, crop: int, device: torch.device):
+    """Run `flow` once on a crop-sized pair: a crop the network cannot take fails now, not after the cache."""
+    x = torch.zeros(1, 3, crop, crop, device=device)
+    try:
+        with torch.no_grad():
+            flow(x, x)
+    except ValueError as e:
+        raise ValueError(f"data.crop={crop} is too small for the flow terms computed on the crops: {e}") from None
+
+
+def build_data(cfg: Config, backend=None) -> tuple[ClipDataset, FlowCache]:
+    """The clips of cfg.data with their flows cached (computed once per backend; slow for networks on CPU)."""
     root = Path(cfg.data.root)
     clips = find_clips(root, cfg.data.phase, root / cfg.data.tasks_list)
-    backend = build_flow(cfg.flow.backend, preset=cfg.flow.preset)
+    backend = backend or build_flow(cfg.flow.backend, preset=cfg.flow.preset)
     cache = FlowCache(Path(cfg.data.flow_cache or root / "cache" / "flow"), backend)
     for video in tqdm(sorted({c.input_dir for c in clips}), desc="flow cache", unit="video"):
-        cache.prepare(video, progress=False)
+        try:
+            cache.prepare(video, progress=False)
+        except ValueError as e:
+            raise ValueError(f"{video}: {e}") from None
     ds = ClipDataset(clips, cache, cfg.data.sample_frames, cfg.data.crop, cfg.data.scale_min,
                      cfg.data.scale_max, cfg.data.augment, cfg.train.seed)
     return ds, cache
 
 
-def step_losses(out: dict, o_prev, o_first, p_t, f_star, vis, w, vgg=None, long=None) -> dict:
-    """Unweighted loss terms of one recurrence step, only those with a non-zero weight."""
+def step_losses(out: dict, f: dict, w, aux: Aux, long=None) -> dict:
+    """Unweighted loss terms of one recurrence step, only those with a non-zero weight that apply to the model.
+
+    f: i_prev, i_t, o_prev, o_first, p_t (B,3,H,W), f_star (B,2,H,W), vis (B,1,H,W); long: (F*_{t->0}, V_0).
+    The flow and mask terms need TDMS-Net's heads and are skipped for models without them (Lai et al.'s).
+    """
     o_t = out["output"]
     terms = {}
     if w.temporal > 0:
-        terms["temporal"] = L.temporal_loss(o_t, L.warp_target(o_prev, f_star), vis)
+        terms["temporal"] = L.temporal_loss(o_t, L.warp_target(f["o_prev"], f["f_star"]), f["vis"])
     if w.fidelity > 0:
-        terms["fidelity"] = L.fidelity_loss(o_t, p_t)
-    if w.flow > 0:
-        terms["flow"] = L.flow_loss(out["flow"], f_star)
-    if w.mask > 0:
-        terms["mask"] = L.mask_loss(out["mask"], vis)
+        terms["fidelity"] = L.fidelity_loss(o_t, f["p_t"])
+    if w.flow > 0 and "flow" in out:
+        terms["flow"] = L.flow_loss(out["flow"], f["f_star"])
+    if w.mask > 0 and "mask" in out:
+        terms["mask"] = L.mask_loss(out["mask"], f["vis"])
     if w.perceptual > 0:
-        terms["perceptual"] = L.perceptual_loss(vgg, o_t, p_t)
-    if long is not None:  # (F*_{t->0}, its visibility)
-        terms["long_term"] = L.temporal_loss(o_t, L.warp_target(o_first, long[0]), long[1])
+        terms["perceptual"] = L.perceptual_loss(aux.vgg, o_t, f["p_t"]).float()
+    if long is not None:
+        terms["long_term"] = L.temporal_loss(o_t, L.warp_target(f["o_first"], long[0]), long[1])
+    if w.flow_cycle > 0:
+        terms["flow_cycle"] = L.flow_cycle_loss(aux.cycle_flow, f["i_prev"], f["i_t"], f["o_prev"], o_t)
     return terms
 
 
-def clip_losses(model, batch: dict, cfg: Config, vgg=None, long_flow=None) -> tuple[float, dict]:
+def clip_losses(model, batch: dict, cfg: Config, aux: Aux | None = None) -> tuple[float, dict]:
     """Run the recurrence over one batch of clips (O_0 = P_0, O_{t-1} detached) and sum the weighted losses.
 
     Each step's loss is backpropagated at once (memory stays flat); returns the total and each term's mean.
+    A recurrent model (Lai et al.'s) gets its state carried across frames, detached between them as in Lai et al.
     """
+    aux = aux or Aux()
     w = cfg.loss
     ins, ps, flows = batch["input"], batch["processed"], batch["flow"]
     steps = ins.shape[1] - 1
     o_prev = o_first = ps[:, 0]
+    state = None
+    recurrent = getattr(model, "recurrent", False)
     means: dict[str, float] = {}
     total = 0.0
     for t in range(1, steps + 1):
         i_prev, i_t, p_t, f_star = ins[:, t - 1], ins[:, t], ps[:, t], flows[:, t - 1]
-        out = model(i_prev, i_t, o_prev.detach(), p_t)
         vis = visibility_mask(i_t, warp(i_prev, f_star), w.alpha, w.squared_norm)
         long = None
         if w.long_term > 0 and t > 1:
-            f0 = long_flow(i_t, ins[:, 0])
+            f0 = aux.flow(i_t, ins[:, 0])
             long = (f0, visibility_mask(i_t, warp(ins[:, 0], f0), w.alpha, w.squared_norm))
-        terms = step_losses(out, o_prev, o_first, p_t, f_star, vis, w, vgg, long)
+        with aux.autocast(ins.device):
+            extra = {"state": state} if recurrent else {}
+            out = model(*(aux.fmt(x) for x in (i_prev, i_t, o_prev.detach(), p_t)), **extra)
+            state = out.pop("state", None)
+            out = {k: v.float() for k, v in out.items()}  # losses in fp32 (a no-op without amp)
+            frames = {"i_prev": i_prev, "i_t": i_t, "o_prev": o_prev, "o_first": o_first, "p_t": p_t,
+                      "f_star": f_star, "vis": vis}
+            terms = step_losses(out, frames, w, aux, long)
         loss = sum(getattr(w, name) * value for name, value in terms.items())
         for name, value in terms.items():
             means[name] = means.get(name, 0.0) + value.item() / steps
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"non-finite loss at frame {t} of {batch['name']}: {means}")
-        (loss / steps).backward()
+        scaled = loss / steps
+        (aux.scaler.scale(scaled) if aux.scaler else scaled).backward()
         total += loss.item() / steps
         o_prev = out["output"]
+        if state is not None:  # truncated backpropagation through time: one frame
+            state = tuple(s.detach() for s in state)
     return total, means
 
 
+def optimizer_step(model, opt, scaler, grad_clip: float):
+    if scaler:
+        if grad_clip > 0:
+            scaler.unscale_(opt)  # clip the true gradients
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(opt)  # skipped when fp16 gradients overflowed
+        scaler.update()
+        return
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+
+
+def check_amp(amp: str, device: torch.device):
+    if amp not in AMP_MODES:
+        raise ValueError(f"train.amp must be one of {list(AMP_MODES)}, got {amp!r}")
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("train.amp=fp16 needs a CUDA device (its GradScaler is CUDA's); use bf16 on CPU")
+
+
 def train(cfg: Config, resume: bool = False, init_weights: str = "") -> Path:
-    """Train TDMS-Net as `cfg` says; checkpoints go to cfg.train.out/last.pth. Returns that path."""
+    """Train the network of cfg.model as `cfg` says; checkpoints go to cfg.train.out/last.pth. Returns that path."""
     out = Path(cfg.train.out)
     last = out / LAST
     if last.exists() and not resume:
@@ -124,47 +221,59 @@ def train(cfg: Config, resume: bool = False, init_weights: str = "") -> Path:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     device = pick_device(cfg.train.device)
+    check_amp(cfg.train.amp, device)
 
-    model = TDMSNet(cfg.model.nf, cfg.model.norm, cfg.model.original_quirks).to(device)
+    model = build_model(cfg.model).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg))
+    scaler = torch.amp.GradScaler(device.type) if cfg.train.amp == "fp16" else None
     step = 0
     if resume:
         ckpt = read_checkpoint(last)
         load_state(model, ckpt["model"], str(last))
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
+        if scaler and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
         step = ckpt["step"]
     elif init_weights:
         load_state(model, read_checkpoint(init_weights)["model"], init_weights)
-    vgg = L.VGGFeatures(L.vgg16_weights_path(cfg.loss.vgg_weights)).to(device) if cfg.loss.perceptual > 0 else None
-    long_flow = build_flow(cfg.flow.backend, preset=cfg.flow.preset) if cfg.loss.long_term > 0 else None
+    w = cfg.loss
+    vgg = L.VGGFeatures(L.vgg16_weights_path(w.vgg_weights)).to(device) if w.perceptual > 0 else None
+    backend = build_flow_backend(cfg, device)
+    aux = Aux(vgg, backend if w.long_term > 0 else None, differentiable(backend) if w.flow_cycle > 0 else None,
+              AMP_DTYPES[cfg.train.amp], scaler, cfg.train.channels_last)
+    if aux.flow or aux.cycle_flow:
+        check_flow_input(backend, cfg.data.crop, device)
+    if cfg.model.arch == "lai" and (w.flow > 0 or w.mask > 0):
+        print(f"note: model.arch={cfg.model.arch} has no flow/mask heads; loss.flow and loss.mask do not apply")
 
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     sha = git_sha()
     (out / "run.json").write_text(json.dumps({"git": sha, "device": str(device), "resumed_at": step}))
-    ds, _ = build_data(cfg)
+    ds, _ = build_data(cfg, backend)
     sampler = range(step * cfg.train.batch, cfg.train.steps * cfg.train.batch)
     loader = DataLoader(ds, cfg.train.batch, sampler=sampler, num_workers=cfg.data.workers,
                         pin_memory=device.type == "cuda", drop_last=True,
                         persistent_workers=cfg.data.workers > 0)
+    forward = torch.compile(model) if cfg.train.compile else model  # checkpoints keep `model`'s names
     tb = SummaryWriter(out / "tb")
     running: dict[str, float] = {}
     n_run, t_log = 0, time.time()
     model.train()
 
     def save():
-        atomic_save(training_state(model, opt, sched, None, step, math.nan, cfg, sha), last)
+        atomic_save(training_state(model, opt, sched, scaler, step, math.nan, cfg, sha), last)
 
     bar = tqdm(total=cfg.train.steps, initial=step, desc="train", unit="step")
     for batch in loader:
         batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         opt.zero_grad(set_to_none=True)
-        total, terms = clip_losses(model, batch, cfg, vgg, long_flow)
-        if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        opt.step()
+        total, terms = clip_losses(forward, batch, cfg, aux)
+        optimizer_step(model, opt, scaler, cfg.optim.grad_clip)
         sched.step()
         step += 1
         bar.update(1)
@@ -191,11 +300,11 @@ def train(cfg: Config, resume: bool = False, init_weights: str = "") -> Path:
 
 @torch.no_grad()
 def log_images(tb: SummaryWriter, model, batch: dict, step: int):
-    """Frame 1 of the first clip: I_t | P_t | O_t | mask."""
+    """Frame 1 of the first clip: I_t | P_t | O_t (| mask, for TDMS-Net)."""
     model.eval()
     i = batch["input"][:1]
     p = batch["processed"][:1]
     out = model(i[:, 0], i[:, 1], p[:, 0], p[:, 1])
-    row = torch.cat([i[0, 1], p[0, 1], out["output"][0].clamp(0, 1), out["mask"][0]], dim=2)
-    tb.add_image("I | P | O | M", row, step)
+    parts = [i[0, 1], p[0, 1], out["output"][0].clamp(0, 1)] + ([out["mask"][0]] if "mask" in out else [])
+    tb.add_image("I | P | O | M", torch.cat([x.float() for x in parts], dim=2), step)
     model.train()

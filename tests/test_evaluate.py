@@ -207,3 +207,12 @@ def test_other_frame_size_fails_or_resizes(tmp_path, capsys):
     assert run(inp, big, tmp_path / "eval", "--resize", "--no-tracking", proc=proc) == 0
     m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert m["warping_error"] < 0.001 and m["psnr"] > 25  # 2x nearest upscaling, area-resized back
+
+
+def test_network_flow_without_weights_names_the_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    inp, proc, res = make_video(tmp_path)
+    code = main(["--input", str(inp), "--results", str(res), "--flow", "flownet2", "--no-tracking", "--no-lpips",
+                 "--flow-checkpoint", str(tmp_path / "FlowNet2_checkpoint.pth.tar"), "--out", str(tmp_path / "e")])
+    assert code == 1
+    assert "FlowNet2_checkpoint.pth.tar" in capsys.readouterr().err

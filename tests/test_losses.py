@@ -53,3 +53,18 @@ def test_masked_temporal_and_mask_losses_by_hand():
     vis = torch.tensor([1.0, 0.0, 0.0, 0.0]).view(1, 1, 2, 2)
     assert L.temporal_loss(o, target, vis).item() == pytest.approx(0.25)  # one visible pixel of four
     assert L.mask_loss(torch.full((1, 3, 2, 2), 0.5), vis).item() == pytest.approx(0.5)
+
+
+def test_flow_cycle_loss_by_hand_and_its_gradient():
+    """With the 'flow' b - a (first two channels), the term is mean |(O_t - O_{t-1}) - (I_t - I_{t-1})|."""
+    def flow(a, b):
+        return (b - a)[:, :2]
+
+    g = torch.Generator().manual_seed(0)
+    i_prev, i_t, o_prev, o_t = (torch.rand(2, 3, 4, 5, generator=g, requires_grad=True) for _ in range(4))
+    loss = L.flow_cycle_loss(flow, i_prev, i_t, o_prev, o_t)
+    expect = ((o_t - o_prev) - (i_t - i_prev))[:, :2].abs().mean()
+    assert loss.item() == pytest.approx(expect.item())
+    loss.backward()
+    assert o_t.grad[:, :2].abs().sum() > 0 and o_t.grad[:, 2].abs().sum() == 0
+    assert o_prev.grad is None and i_prev.grad is None and i_t.grad is None  # detached / fixed target

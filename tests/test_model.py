@@ -146,3 +146,23 @@ def test_export_half_weights_round_trip(tmp_path):
     w = dict(loaded.named_parameters())["conv3.conv2d.weight"]
     assert w.dtype == torch.float32
     assert torch.allclose(w, m.conv3.conv2d.weight.detach(), atol=1e-3, rtol=1e-3)
+
+
+def test_output_layers_have_no_norm_in_any_mode():
+    """The original builds deconv3/_w/_f with norm=None: no IN there, dead or applied (a 2-channel IN on the
+    flow would erase its scale)."""
+    for kw in ({"original_quirks": True}, {"norm": "instance"}):
+        sd = TDMSNet(nf=8, **kw).state_dict()
+        assert [k for k in sd if k.startswith("deconv3") and "norm_layer" in k] == [], kw
+        assert "deconv2.norm_layer." + ("running_mean" if kw.get("original_quirks") else "weight") in sd
+
+
+def test_build_model_by_arch():
+    from tdms.checkpoint import build_model
+    from tdms.config import ModelConfig
+    from tdms.lai_model import LaiNet
+
+    assert type(build_model(ModelConfig(nf=8))) is TDMSNet
+    assert type(build_model(ModelConfig(arch="lai", nf=8))) is LaiNet
+    with pytest.raises(ValueError, match="unknown model.arch 'unet'; choose from"):
+        build_model(ModelConfig(arch="unet"))

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -122,3 +124,224 @@ def test_non_finite_loss_stops(lai_root, tmp_path):
     batch["processed"][0, 1, 0, 0, 0] = float("nan")
     with pytest.raises(NonFiniteLoss, match="non-finite loss at frame 1"):
         clip_losses(TDMSNet(nf=8), batch, cfg)
+
+
+# --- issue 3: long-term and flow-cycle terms, flow backends, the paper's config, GPU options -------------------
+PAPER = Path(__file__).parents[1] / "configs" / "paper_tdms.yaml"
+
+
+def one_batch(lai_root, tmp_path, n=2, frames=3, crop=16):
+    clips = find_clips(lai_root, "train", lai_root / "lists" / "train_tasks.txt")
+    ds = ClipDataset(clips, FlowCache(tmp_path / "c", ShiftFlow()), frames, crop, augment=False)
+    return {k: (torch.stack([ds[i][k] for i in range(n)]) if k != "name" else "x") for k in ds[0]}
+
+
+def vis_by_hand(i_t, i_ref_warped):
+    return torch.exp(-50.0 * (i_t - i_ref_warped).sum(1, keepdim=True) ** 2)
+
+
+def test_long_term_term_is_lai_et_al_s(lai_root, tmp_path):
+    """L1(O_t·V, warp(P_0, F*_{t->0})·V) for t >= 2, recomputed here by a plain loop over the same model."""
+    torch.manual_seed(0)
+    from tdms.model import TDMSNet
+    from tdms.train import Aux
+
+    batch = one_batch(lai_root, tmp_path, frames=4)
+    cfg = config(lai_root, tmp_path, **{"loss.long_term": 100.0})
+    model = TDMSNet(nf=8)
+    _, terms = clip_losses(model, batch, cfg, Aux(flow=ShiftFlow()))
+    i, p = batch["input"], batch["processed"]
+    expect, o_prev = 0.0, p[:, 0]
+    with torch.no_grad():
+        for t in (1, 2, 3):
+            o_t = model(i[:, t - 1], i[:, t], o_prev, p[:, t])["output"]
+            if t >= 2:
+                f0 = ShiftFlow()(i[:, t], i[:, 0])
+                assert f0.abs().max() >= 2  # the pans move 1-2 px a frame: frame 0 is >= 2 px away
+                v = vis_by_hand(i[:, t], warp(i[:, 0], f0))
+                expect += (o_t * v - warp(p[:, 0], f0) * v).abs().mean().item() / 3
+            o_prev = o_t
+    assert terms["long_term"] == pytest.approx(expect, rel=1e-5)
+    assert terms["long_term"] > 0
+
+
+class ConvFlow:
+    """A tiny frozen 'flow network' with the backends' contract: no autograd unless `differentiable`."""
+
+    name = "convflow"
+
+    def __init__(self):
+        torch.manual_seed(5)
+        self.net = torch.nn.Conv2d(6, 2, 3, padding=1).requires_grad_(False)
+        self.differentiable = False
+
+    def __call__(self, a, b):
+        with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
+            return self.net(torch.cat((a, b), 1))
+
+
+def test_flow_cycle_trains_the_model_through_the_frozen_flow_net(lai_root, tmp_path):
+    torch.manual_seed(0)
+    from tdms.model import TDMSNet
+    from tdms.train import Aux, differentiable
+
+    batch = one_batch(lai_root, tmp_path, frames=2)
+    zero = {f"loss.{k}": 0.0 for k in ("temporal", "fidelity", "flow", "mask")}
+    cfg = config(lai_root, tmp_path, **zero, **{"loss.flow_cycle": 1.0})
+    model, flow = TDMSNet(nf=8), ConvFlow()
+    _, terms = clip_losses(model, batch, cfg, Aux(cycle_flow=differentiable(flow)))
+    assert set(terms) == {"flow_cycle"} and not flow.differentiable  # the twin shares the net, not the flag
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert no_grad == []  # O_t depends on all three heads
+    assert flow.net.weight.grad is None
+    i, p = batch["input"], batch["processed"]
+    with torch.no_grad():
+        o_1 = model(i[:, 0], i[:, 1], p[:, 0], p[:, 1])["output"]
+        expect = (flow.net(torch.cat((i[:, 0], i[:, 1]), 1)) - flow.net(torch.cat((p[:, 0], o_1), 1))).abs().mean()
+    assert terms["flow_cycle"] == pytest.approx(expect.item(), rel=1e-5)
+    from tdms.losses import flow_cycle_loss
+
+    o_1.requires_grad_(True)  # the original's no_grad flow: the term has no gradient at all
+    assert not flow_cycle_loss(flow, i[:, 0], i[:, 1], p[:, 0], o_1).requires_grad
+
+
+def test_flow_cycle_with_dis_is_refused_before_anything_is_written(lai_root, tmp_path):
+    cfg = config(lai_root, tmp_path, **{"loss.flow_cycle": 1.0, "train.steps": 1})
+    with pytest.raises(ValueError, match=r"dis-medium \(OpenCV DIS\) is not differentiable[\s\S]*flow_cycle=0"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_arch_and_amp(lai_root, tmp_path):
+    with pytest.raises(ValueError, match="unknown model.arch 'unet'"):
+        train(config(lai_root, tmp_path, **{"model.arch": "unet"}))
+    with pytest.raises(ValueError, match="train.amp must be one of"):
+        train(config(lai_root, tmp_path, **{"train.amp": "fp8"}))
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        train(config(lai_root, tmp_path, **{"train.amp": "fp16"}))
+
+
+@pytest.fixture(scope="module")
+def builder_root(tmp_path_factory):
+    """The offline builder's own output (2 train videos of 4 frames, 7 operators each)."""
+    from tdms.commands.build_data import main
+
+    root = tmp_path_factory.mktemp("built") / "data"
+    assert main(["--out", str(root), "--frames", "4", "--max-videos", "1", "--splits", "train"]) == 0
+    return root
+
+
+def paper(root, out, **over):
+    items = {"data.root": str(root), "data.tasks_list": "lists/train_tasks.txt", "data.sample_frames": 3,
+             "data.workers": 0, "data.flow_cache": str(out.parent / "cache"), "train.out": str(out),
+             "train.steps": 1, "train.threads": 1, "train.device": "cpu", "model.nf": 8}
+    items.update(over)
+    return load_config(PAPER, [f"{k}={v}" for k, v in items.items()])
+
+
+def test_paper_config_is_the_papers_setup():
+    cfg = load_config(PAPER)
+    assert (cfg.data.crop, cfg.train.batch, cfg.data.sample_frames, cfg.optim.lr, cfg.optim.lr_min) == \
+        (192, 2, 11, 1e-4, 1e-5)
+    assert (cfg.loss.temporal, cfg.loss.perceptual, cfg.loss.fidelity, cfg.loss.flow, cfg.loss.flow_cycle,
+            cfg.loss.mask) == (100, 10, 1, 0.5, 1, 1)
+    assert cfg.flow.backend == "flownet2" and cfg.data.tasks_list == "lists/train_tasks_W3_D1_C1_I1.txt"
+    assert load_config(PAPER.parent / "tdms_offline.yaml").loss.flow_cycle == 0  # the shipped recipe is unchanged
+
+
+def test_paper_config_runs_on_builder_data_with_dis(builder_root, tmp_path, capsys):
+    over = {"flow.backend": "dis", "loss.perceptual": 0, "loss.flow_cycle": 0, "data.crop": 64}
+    last = train(paper(builder_root, tmp_path / "run", **over))
+    ckpt = read_checkpoint(last)
+    assert ckpt["step"] == 1 and ckpt["config"]["flow"]["backend"] == "dis"
+    assert "temporal" in capsys.readouterr().out
+
+
+def one_video_root(tmp_path, h, w, n=3):
+    """Lai et al.'s layout with one panning video of n frames of h×w (network backends need >= 64 or 128 px)."""
+    from tests.conftest import flicker, moving_frames, write_video
+
+    root = tmp_path / "data"
+    ins = moving_frames(n=n, h=h, w=w, shift=2)
+    write_video(root / "train" / "input" / "toy" / "v0", ins)
+    write_video(root / "train" / "processed" / "gain" / "flicker" / "toy" / "v0", flicker(ins))
+    (root / "lists").mkdir()
+    (root / "lists" / "toy_train.txt").write_text("v0\n")
+    (root / "lists" / "train_tasks.txt").write_text("toy gain/flicker\n")
+    return root
+
+
+def frozen_nets_stay_out(last, capsys):
+    """The checkpoint holds TDMS-Net and its optimizer only; the flow-cycle term was trained on."""
+    from tdms.model import TDMSNet
+
+    ckpt = read_checkpoint(last)
+    model = TDMSNet(nf=8)
+    assert ckpt["model"].keys() == model.state_dict().keys()
+    assert len(ckpt["optimizer"]["state"]) == len(list(model.parameters()))
+    logged = capsys.readouterr().out
+    assert float(logged.split("flow_cycle ")[1].split()[0]) > 0, logged
+
+
+def test_paper_config_with_a_flownet2_checkpoint(tmp_path, capsys):
+    from tdms.flow.flownet2_net import FlowNet2
+
+    torch.manual_seed(0)
+    weights = tmp_path / "FlowNet2_checkpoint.pth.tar"  # NVIDIA's format, random weights
+    torch.save({"epoch": 0, "state_dict": FlowNet2().state_dict(), "best_EPE": 1.0}, weights)
+    root = one_video_root(tmp_path, 64, 72)
+    over = {"flow.checkpoint": str(weights), "loss.perceptual": 0, "data.crop": 64, "data.sample_frames": 2,
+            "train.batch": 1}
+    frozen_nets_stay_out(train(paper(root, tmp_path / "run", **over)), capsys)
+    assert (tmp_path / "cache" / "flownet2").is_dir()
+
+
+def test_paper_config_with_a_raft_checkpoint(tmp_path, capsys):
+    from torchvision.models.optical_flow import raft_small
+
+    torch.manual_seed(0)
+    weights = tmp_path / "raft_small.pth"  # torchvision's format, random weights
+    torch.save(raft_small().state_dict(), weights)
+    root = one_video_root(tmp_path, 128, 136)
+    over = {"flow.backend": "raft-small", "flow.checkpoint": str(weights), "loss.perceptual": 0,
+            "data.crop": 64, "data.sample_frames": 2, "train.batch": 1}
+    with pytest.raises(ValueError, match=r"data.crop=64 is too small[\s\S]*RAFT needs frames of at least 128"):
+        train(paper(root, tmp_path / "small", **over))
+    frozen_nets_stay_out(train(paper(root, tmp_path / "run", **{**over, "data.crop": 128})), capsys)
+
+
+def one_step(lai_root, tmp_path, name, **over):
+    cfg = config(lai_root, tmp_path, **{"train.steps": 1, "train.threads": 1, "train.out": str(tmp_path / name),
+                                        "data.flow_cache": str(tmp_path / "cache"), **over})
+    return read_checkpoint(train(cfg))
+
+
+def test_channels_last_bf16_and_compile_on_cpu(lai_root, tmp_path, monkeypatch):
+    eager = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m: eager(m, backend="eager"))  # inductor takes ~1 min here
+    base = one_step(lai_root, tmp_path, "fp32")
+    from tdms.model import TDMSNet
+
+    torch.manual_seed(0)  # train.seed: the weights before the step
+    start = TDMSNet(nf=8).state_dict()
+    for over in ({"train.channels_last": True}, {"train.compile": True}, {"train.amp": "bf16"}):
+        got = one_step(lai_root, tmp_path, next(iter(over)), **over)
+        assert got["model"].keys() == base["model"].keys()  # no "_orig_mod." from compile
+        assert got["model"]["conv1a.conv2d.weight"].dtype == torch.float32
+        step, ref = (torch.cat([(m[k] - start[k]).flatten() for k in start]) for m in (got["model"], base["model"]))
+        if "train.amp" in over:  # bf16 gradients: Adam's first step (~ -lr·sign(g)) mostly agrees with fp32's
+            assert torch.cosine_similarity(step, ref, 0) > 0.8 and not torch.equal(step, ref)
+        else:  # the same arithmetic in another memory layout / traced
+            assert (step - ref).abs().max() < 1e-6 and step.abs().max() > 1e-5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_fp16_scaler_is_saved_and_resumed_and_bf16_runs(lai_root, tmp_path):
+    cuda = {"train.device": "cuda", "data.crop": 32}
+    fp16 = one_step(lai_root, tmp_path, "fp16", **cuda, **{"train.amp": "fp16"})
+    assert fp16["scaler"]["scale"] > 0 and fp16["step"] == 1
+    cfg = config(lai_root, tmp_path, **cuda, **{"train.amp": "fp16", "train.steps": 2,
+                                                "train.out": str(tmp_path / "fp16")})
+    assert read_checkpoint(train(cfg, resume=True))["step"] == 2
+    bf16 = one_step(lai_root, tmp_path, "bf16", **cuda, **{"train.amp": "bf16", "train.channels_last": True})
+    assert bf16["scaler"] is None and all(torch.isfinite(v).all() for v in bf16["model"].values())

@@ -54,6 +54,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks-list", help="batch: '<dataset> <task>' lines (default DATA/lists/PHASE_tasks.txt)")
     p.add_argument("--flow", choices=BACKENDS, help="flow backend (default dis)")
     p.add_argument("--flow-preset", help="DIS preset: ultrafast, fast, medium (default)")
+    p.add_argument("--flow-checkpoint", help="flownet2 / raft weights (default: $TORCH_HOME/hub/checkpoints/)")
     p.add_argument("--device", help="device of LPIPS and network flow backends (default cpu)")
     p.add_argument("--cache", help="flow cache folder")
     p.add_argument("--lpips-net", choices=NETS, help="LPIPS backbone (default alex)")
@@ -115,7 +116,7 @@ def run_single(args, out: Path) -> None:
     sources = [args.input, results] + ([args.processed] if args.processed else [])
     check_out(out, sources)
     cache = FlowCache(args.cache or out / "flow_cache", build_flow(args.flow or "dis", args.flow_preset or "medium",
-                                                                    args.device or "cpu"))
+                                                                    args.device or "cpu", args.flow_checkpoint or ""))
     box = parse_box(args.box) if args.box else None
     if box:
         check_box(box, FrameSource(args.input).size, args.input)
@@ -149,7 +150,8 @@ def batch_config(args) -> EvalConfig:
     flags = {
         ("data", "root"): args.data_dir, ("data", "phase"): args.phase, ("data", "tasks_list"): args.tasks_list,
         ("flow", "backend"): args.flow, ("flow", "preset"): args.flow_preset, ("flow", "device"): args.device,
-        ("flow", "cache"): args.cache, ("lpips", "net"): args.lpips_net, ("lpips", "weights"): args.lpips_weights,
+        ("flow", "checkpoint"): args.flow_checkpoint, ("flow", "cache"): args.cache,
+        ("lpips", "net"): args.lpips_net, ("lpips", "weights"): args.lpips_weights,
         ("lpips", "enabled"): False if args.no_lpips else None, ("tracking", "tracker"): args.tracker,
         ("tracking", "enabled"): False if args.no_tracking else None, ("run", "out"): args.out,
         ("run", "jobs"): args.jobs, ("run", "videos"): args.videos, ("run", "threads"): args.threads,

@@ -6,6 +6,7 @@ Examples:
     tdms-test --method naive --input I --processed P --output O   # baselines: naive, bonneel, identity
     tdms-test --method bonneel --lambda 1.0 --input I --processed P --output O
     tdms-test --data-dir data --phase test --output outputs/tdms  # Lai et al.'s layout, datasets × tasks
+    tdms-test --data-dir data --output outputs/tdms --batch-videos 8 --device cuda --dtype bf16 --channels-last
 """
 
 import argparse
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 
 from tdms.api import checkpoint_path
+from tdms.batched import Target, Video, batched_frames, group_by_size, write_outputs
 from tdms.bonneel import bonneel_frames
 from tdms.checkpoint import load_model
 from tdms.dataset import read_list, read_tasks
@@ -31,8 +33,9 @@ from tdms.infer import (
     prepare_output,
     process_video,
     resized,
-    tdms_frames,
+    step_frames,
 )
+from tdms.runner import make_step
 from tdms.train import pick_device
 
 
@@ -49,7 +52,14 @@ def parser() -> argparse.ArgumentParser:
                    help="a name in checkpoints/ (default tdms_offline, the shipped one), a tdms checkpoint file, "
                         "or the authors' model_pf_epoch_65.pth")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--dtype", choices=list(AMP), default="fp32", help="fp16/bf16 autocast (CUDA only)")
+    p.add_argument("--dtype", choices=list(AMP), default="fp32",
+                   help="bf16/fp16 network heads, O kept in fp32 (fp16: CUDA only; bf16 on CPU pays off with "
+                        "AVX512-BF16/AMX)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory layout (faster convs on CPU and GPU)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (slow first frame)")
+    p.add_argument("--cuda-graph", action="store_true", help="replay a captured CUDA graph per frame size (CUDA)")
+    p.add_argument("--batch-videos", type=int, default=1,
+                   help="dataset mode: run this many videos of one frame size in one batch")
     p.add_argument("--flow", default="dis", help="flow backend of the naive and bonneel methods")
     p.add_argument("--lambda", dest="lam", type=float, default=1.0, help="bonneel: temporal weight λ (0 = P)")
     p.add_argument("--jpeg-quality", type=int, help="write JPEG frames at this quality instead of PNG")
@@ -59,19 +69,20 @@ def parser() -> argparse.ArgumentParser:
 
 
 def make_method(args, device):
-    """A function (pairs iterator) -> output frames generator, and a description."""
+    """A function (pairs iterator) -> output frames generator, a description, and TDMS-Net's step (or None)."""
     if args.method == "tdms":
         path = checkpoint_path(args.checkpoint)
         model = load_model(path, device, verbose=True)
-        return (lambda pairs: tdms_frames(model, pairs, device, args.dtype)), f"tdms ({path})"
+        step = make_step(model, device, args.dtype, args.channels_last, args.compile, args.cuda_graph)
+        return (lambda pairs: step_frames(step, pairs, device)), f"tdms ({path})", step
     if args.method == "naive":
         flow = build_flow(args.flow)
-        return (lambda pairs: naive_frames(flow, pairs)), f"naive blend ({flow.name})"
+        return (lambda pairs: naive_frames(flow, pairs)), f"naive blend ({flow.name})", None
     if args.method == "bonneel":
         flow = build_flow(args.flow)
         return (lambda pairs: bonneel_frames(flow, pairs, args.lam, device)), \
-            f"Bonneel et al. 2015 (λ={args.lam}, {flow.name})"
-    return identity_frames, "identity"
+            f"Bonneel et al. 2015 (λ={args.lam}, {flow.name})", None
+    return identity_frames, "identity", None
 
 
 def run_one(method, input_path, processed_path, out: Path, args, desc="") -> dict | None:
@@ -80,9 +91,34 @@ def run_one(method, input_path, processed_path, out: Path, args, desc="") -> dic
         return None
     prepare_output(out, [src_i.path, src_p.path], args.redo)
     pairs = prefetch(zip(src_i, resized(src_p, src_i.size), strict=True))
-    ext, quality = (".jpg", args.jpeg_quality) if args.jpeg_quality else (".png", None)
     meta = {"method": args.method, "input": str(src_i.path), "processed": str(src_p.path)}
-    return process_video(method(pairs), out, len(src_i), src_p.fps, meta, ext, quality, desc)
+    return process_video(method(pairs), out, len(src_i), src_p.fps, meta, *frame_format(args), desc)
+
+
+def frame_format(args) -> tuple[str, int | None]:
+    return (".jpg", args.jpeg_quality) if args.jpeg_quality else (".png", None)
+
+
+def run_batched(step, jobs, args, device):
+    """Dataset mode, several videos a batch: yields (name, meta) as videos complete, or (name, None) if skipped."""
+    videos, targets = [], []
+    for i, p, o, name in jobs:
+        src_i, src_p = open_pair(i, p, args.resize_processed)
+        if is_complete(o, len(src_i)) and not args.redo:
+            yield name, None
+            continue
+        prepare_output(o, [src_i.path, src_p.path], args.redo)
+        # each video decodes in its own thread, started when the video joins a batch
+        videos.append(Video(name, src_i.size, prefetch(zip(src_i, resized(src_p, src_i.size), strict=True))))
+        meta = {"method": args.method, "input": str(src_i.path), "processed": str(src_p.path),
+                "batch_videos": args.batch_videos}
+        targets.append(Target(o, len(src_i), meta))
+    for g, group in enumerate(groups := group_by_size(videos), 1):
+        h, w = videos[group[0]].size
+        results = batched_frames(step, [videos[k] for k in group], args.batch_videos, device)
+        desc = f"size {g}/{len(groups)} ({w}×{h}, {len(group)} videos)"
+        for j, meta in write_outputs(results, [targets[k] for k in group], *frame_format(args), desc=desc):
+            yield videos[group[j]].name, meta
 
 
 def dataset_jobs(args) -> list[tuple[Path, Path, Path, str]]:
@@ -101,17 +137,25 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     if not args.data_dir and not (args.input and args.processed):
         parser().error("give --input and --processed, or --data-dir for dataset mode")
+    if args.batch_videos < 1:
+        parser().error(f"--batch-videos must be >= 1, got {args.batch_videos}")
+    if args.batch_videos > 1 and not (args.data_dir and args.method == "tdms"):
+        parser().error("--batch-videos is for dataset mode (--data-dir) with --method tdms")
     try:
         device = pick_device(args.device)
-        method, what = make_method(args, device)
+        method, what, step = make_method(args, device)
         if args.data_dir:
             jobs = dataset_jobs(args)
         else:
             jobs = [(Path(args.input), Path(args.processed), Path(args.output), Path(args.output).name)]
         print(f"tdms-test: {what} on {device}, {len(jobs)} video(s) -> {args.output}")
+        if args.batch_videos > 1:
+            done = run_batched(step, jobs, args, device)
+        else:
+            done = ((name, run_one(method, i, p, o, args, desc=f"[{k}/{len(jobs)}] {name}"))
+                    for k, (i, p, o, name) in enumerate(jobs, 1))
         start, frames, skipped = time.time(), 0, 0
-        for k, (i, p, o, name) in enumerate(jobs, 1):
-            meta = run_one(method, i, p, o, args, desc=f"[{k}/{len(jobs)}] {name}")
+        for k, (name, meta) in enumerate(done, 1):
             if meta is None:
                 skipped += 1
                 continue
