@@ -6,6 +6,7 @@ another, and a pool of threads writes the frames. Outputs equal the one-video pa
 (different batch sizes may pick different conv kernels; tests/test_batched.py).
 """
 
+import os
 import shutil
 import time
 from collections import deque
@@ -20,6 +21,8 @@ from tqdm import tqdm
 
 from tdms.infer import commit, pad_to, partial_path, prefetch
 from tdms.io import write_frame
+
+WRITERS = min(8, max(2, os.cpu_count() or 2))  # PNG encoding keeps up with a GPU only in parallel
 
 
 @dataclass
@@ -129,7 +132,7 @@ def batched_frames(step, videos: list[Video], batch: int, device="cpu") -> Itera
 
 
 def write_outputs(results: Iterator[tuple[int, np.ndarray]], targets: list[Target], ext: str = ".png",
-                  quality=None, workers: int = 2, desc: str = "") -> Iterator[tuple[int, dict]]:
+                  quality=None, workers: int = WRITERS, desc: str = "") -> Iterator[tuple[int, dict]]:
     """Write the (k, O_t) results as frame folders by a pool of threads; yield (k, meta) as each video completes.
 
     Frames go to a hidden partial folder; a complete video gets its marker and is moved into place

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import yaml
 
-
 ARCHS = ("tdms", "lai")
-AMP_MODES = ("fp32", "bf16", "fp16")
 
 
 @dataclass

@@ -47,7 +47,8 @@ class Step(nn.Module):
             # TDMSNet.forward's composition, in fp32
             return (mask * warp(o_prev, flow) + (1 - mask) * p_t + residual.float(),)
         extra = {"state": state or None} if getattr(self.net, "recurrent", False) else {}
-        amp = torch.autocast(self.device_type, dtype=self.dtype) if self.dtype else nullcontext()
+        # no cast cache: cached weight copies would outlive a CUDA graph capture's memory pool
+        amp = torch.autocast(self.device_type, dtype=self.dtype, cache_enabled=False) if self.dtype else nullcontext()
         with amp:
             out = self.net(*(self.fmt(x) for x in (i_prev, i_t, o_prev, p_t)), **extra)
         return (out["output"].float(), *(out.get("state") or ()))
@@ -102,8 +103,8 @@ def make_step(model: nn.Module, device, amp: str = "fp32", channels_last: bool =
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed frame sizes: let cuDNN pick its fastest kernels once
     fn = Step(model, AMP[amp], channels_last, device.type)
-    if compile:
-        fn = torch.compile(fn, dynamic=False)
+    if compile:  # freezing: the weights are constants here, so inductor may pre-pack them (oneDNN on CPU)
+        fn = torch.compile(fn, dynamic=False, options={"freezing": True})
     if cuda_graph:
         fn = CudaGraphs(fn)
 

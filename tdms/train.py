@@ -22,15 +22,15 @@ from tqdm import tqdm
 
 from tdms import losses as L
 from tdms.checkpoint import atomic_save, build_model, load_state, read_checkpoint, training_state
-from tdms.config import AMP_MODES, Config, save_config
+from tdms.config import Config, save_config
 from tdms.dataset import ClipDataset, find_clips
 from tdms.flow import build_flow
 from tdms.flow.cache import FlowCache
 from tdms.flow.occlusion import visibility_mask
+from tdms.runner import AMP
 from tdms.warp import warp
 
 LAST = "last.pth"
-AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLoss(RuntimeError):
@@ -87,7 +87,7 @@ def differentiable(backend):
     """A twin of a network backend (same frozen weights, no copy) through which gradients reach the images."""
     if not hasattr(backend, "differentiable"):
         raise ValueError(f"loss.flow_cycle needs a flow network gradients can pass through (flow.backend flownet2, "
-                         f"raft or raft-small); {backend.name} (OpenCV DIS) is not differentiable. "
+                         f"raft or raft-small); the {backend.name} backend is not (OpenCV DIS has no gradients). "
                          f"Set loss.flow_cycle=0 or choose such a backend.")
     twin = copy.copy(backend)
     twin.differentiable = True
@@ -203,8 +203,8 @@ def optimizer_step(model, opt, scaler, grad_clip: float):
 
 
 def check_amp(amp: str, device: torch.device):
-    if amp not in AMP_MODES:
-        raise ValueError(f"train.amp must be one of {list(AMP_MODES)}, got {amp!r}")
+    if amp not in AMP:
+        raise ValueError(f"train.amp must be one of {list(AMP)}, got {amp!r}")
     if amp == "fp16" and device.type != "cuda":
         raise ValueError("train.amp=fp16 needs a CUDA device (its GradScaler is CUDA's); use bf16 on CPU")
 
@@ -244,7 +244,7 @@ def train(cfg: Config, resume: bool = False, init_weights: str = "") -> Path:
     vgg = L.VGGFeatures(L.vgg16_weights_path(w.vgg_weights)).to(device) if w.perceptual > 0 else None
     backend = build_flow_backend(cfg, device)
     aux = Aux(vgg, backend if w.long_term > 0 else None, differentiable(backend) if w.flow_cycle > 0 else None,
-              AMP_DTYPES[cfg.train.amp], scaler, cfg.train.channels_last)
+              AMP[cfg.train.amp], scaler, cfg.train.channels_last)
     if aux.flow or aux.cycle_flow:
         check_flow_input(backend, cfg.data.crop, device)
     if cfg.model.arch == "lai" and (w.flow > 0 or w.mask > 0):

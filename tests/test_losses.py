@@ -26,8 +26,8 @@ def test_vgg_from_torchvision_cache_and_perceptual_loss(vgg_file):
     assert feats[0].shape == (1, 512, 4, 4)  # relu4_3: 3 poolings
     assert feats[0].min() >= 0
     state = torch.load(vgg_file)
-    by_hand = F.conv2d((x - torch.tensor(L.IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(L.IMAGENET_STD).view(1, 3, 1, 1),
-                       state["features.0.weight"], state["features.0.bias"], padding=1).relu()
+    normed = (x - torch.tensor(L.IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(L.IMAGENET_STD).view(1, 3, 1, 1)
+    by_hand = F.conv2d(normed, state["features.0.weight"], state["features.0.bias"], padding=1).relu()
     assert torch.allclose(vgg.features[:2]((x - vgg.mean) / vgg.std), by_hand, atol=1e-5)
     assert L.perceptual_loss(vgg, x, x).item() == 0
     y = x.clone().requires_grad_(True)

@@ -8,7 +8,8 @@ from tdms.checkpoint import read_checkpoint
 from tdms.config import load_config
 from tdms.dataset import ClipDataset, find_clips
 from tdms.flow.cache import FlowCache
-from tdms.train import NonFiniteLoss, clip_losses, train
+from tdms.model import TDMSNet
+from tdms.train import Aux, NonFiniteLoss, clip_losses, differentiable, train
 from tdms.warp import warp
 
 
@@ -95,8 +96,6 @@ def test_two_steps_then_exact_resume(lai_root, tmp_path):
 
 def test_losses_fall_on_a_tiny_problem(lai_root, tmp_path):
     torch.manual_seed(0)
-    from tdms.model import TDMSNet
-
     cfg = config(lai_root, tmp_path)
     clips = find_clips(lai_root, "train", lai_root / "lists" / "train_tasks.txt")
     ds = ClipDataset(clips, FlowCache(tmp_path / "c", ShiftFlow()), 3, 16, augment=False)
@@ -114,8 +113,6 @@ def test_losses_fall_on_a_tiny_problem(lai_root, tmp_path):
 
 
 def test_non_finite_loss_stops(lai_root, tmp_path):
-    from tdms.model import TDMSNet
-
     cfg = config(lai_root, tmp_path)
     clips = find_clips(lai_root, "train", lai_root / "lists" / "train_tasks.txt")
     ds = ClipDataset(clips, FlowCache(tmp_path / "c", ShiftFlow()), 3, 16, augment=False)
@@ -136,16 +133,9 @@ def one_batch(lai_root, tmp_path, n=2, frames=3, crop=16):
     return {k: (torch.stack([ds[i][k] for i in range(n)]) if k != "name" else "x") for k in ds[0]}
 
 
-def vis_by_hand(i_t, i_ref_warped):
-    return torch.exp(-50.0 * (i_t - i_ref_warped).sum(1, keepdim=True) ** 2)
-
-
 def test_long_term_term_is_lai_et_al_s(lai_root, tmp_path):
     """L1(O_t·V, warp(P_0, F*_{t->0})·V) for t >= 2, recomputed here by a plain loop over the same model."""
     torch.manual_seed(0)
-    from tdms.model import TDMSNet
-    from tdms.train import Aux
-
     batch = one_batch(lai_root, tmp_path, frames=4)
     cfg = config(lai_root, tmp_path, **{"loss.long_term": 100.0})
     model = TDMSNet(nf=8)
@@ -158,7 +148,7 @@ def test_long_term_term_is_lai_et_al_s(lai_root, tmp_path):
             if t >= 2:
                 f0 = ShiftFlow()(i[:, t], i[:, 0])
                 assert f0.abs().max() >= 2  # the pans move 1-2 px a frame: frame 0 is >= 2 px away
-                v = vis_by_hand(i[:, t], warp(i[:, 0], f0))
+                v = torch.exp(-50.0 * (i[:, t] - warp(i[:, 0], f0)).sum(1, keepdim=True) ** 2)
                 expect += (o_t * v - warp(p[:, 0], f0) * v).abs().mean().item() / 3
             o_prev = o_t
     assert terms["long_term"] == pytest.approx(expect, rel=1e-5)
@@ -182,9 +172,6 @@ class ConvFlow:
 
 def test_flow_cycle_trains_the_model_through_the_frozen_flow_net(lai_root, tmp_path):
     torch.manual_seed(0)
-    from tdms.model import TDMSNet
-    from tdms.train import Aux, differentiable
-
     batch = one_batch(lai_root, tmp_path, frames=2)
     zero = {f"loss.{k}": 0.0 for k in ("temporal", "fidelity", "flow", "mask")}
     cfg = config(lai_root, tmp_path, **zero, **{"loss.flow_cycle": 1.0})
@@ -207,7 +194,7 @@ def test_flow_cycle_trains_the_model_through_the_frozen_flow_net(lai_root, tmp_p
 
 def test_flow_cycle_with_dis_is_refused_before_anything_is_written(lai_root, tmp_path):
     cfg = config(lai_root, tmp_path, **{"loss.flow_cycle": 1.0, "train.steps": 1})
-    with pytest.raises(ValueError, match=r"dis-medium \(OpenCV DIS\) is not differentiable[\s\S]*flow_cycle=0"):
+    with pytest.raises(ValueError, match=r"the dis-medium backend is not \(OpenCV DIS[\s\S]*flow_cycle=0"):
         train(cfg)
     assert not (tmp_path / "run").exists()
 
@@ -273,8 +260,6 @@ def one_video_root(tmp_path, h, w, n=3):
 
 def frozen_nets_stay_out(last, capsys):
     """The checkpoint holds TDMS-Net and its optimizer only; the flow-cycle term was trained on."""
-    from tdms.model import TDMSNet
-
     ckpt = read_checkpoint(last)
     model = TDMSNet(nf=8)
     assert ckpt["model"].keys() == model.state_dict().keys()
@@ -307,6 +292,9 @@ def test_paper_config_with_a_raft_checkpoint(tmp_path, capsys):
             "data.crop": 64, "data.sample_frames": 2, "train.batch": 1}
     with pytest.raises(ValueError, match=r"data.crop=64 is too small[\s\S]*RAFT needs frames of at least 128"):
         train(paper(root, tmp_path / "small", **over))
+    tiny = one_video_root(tmp_path / "tiny", 64, 72)  # the cache, on whole frames, names the video
+    with pytest.raises(ValueError, match=r"toy/v0: RAFT needs frames of at least 128×128 px, got 72×64"):
+        train(paper(tiny, tmp_path / "tiny_run", **{**over, "loss.flow_cycle": 0}))
     frozen_nets_stay_out(train(paper(root, tmp_path / "run", **{**over, "data.crop": 128})), capsys)
 
 
@@ -320,8 +308,6 @@ def test_channels_last_bf16_and_compile_on_cpu(lai_root, tmp_path, monkeypatch):
     eager = torch.compile
     monkeypatch.setattr(torch, "compile", lambda m: eager(m, backend="eager"))  # inductor takes ~1 min here
     base = one_step(lai_root, tmp_path, "fp32")
-    from tdms.model import TDMSNet
-
     torch.manual_seed(0)  # train.seed: the weights before the step
     start = TDMSNet(nf=8).state_dict()
     for over in ({"train.channels_last": True}, {"train.compile": True}, {"train.amp": "bf16"}):

@@ -1,0 +1,116 @@
+"""The benchmark: every key of its JSON with sane values (no timing asserts), and its building blocks."""
+
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from tdms.benchmark import conv_macs, flows_on_crops, make_clip, naive_frames_on_disk, peak_matmul_gflops
+from tdms.commands.benchmark import main
+from tdms.io import read_frame
+from tdms.model import TDMSNet
+
+PER_SIZE = ("height", "width", "frames", "gmac_per_frame", "forward_variants", "dtype", "channels_last", "compile",
+            "cuda_graph", "end_to_end_fps", "forward_fps", "naive_fps", "batched_videos", "batched_fps",
+            "batched_forward_fps", "end_to_end_over_forward", "end_to_end_over_naive", "peak_gflops",
+            "achieved_gflops", "fraction_of_peak", "fp32_forward_fps", "fp32_achieved_gflops", "fp32_peak_gflops",
+            "fp32_fraction_of_peak", "peak_memory_mb")
+TRAIN = ("train_steps_per_s_cached", "train_steps_per_s_on_the_fly", "train_samples_per_s_cached",
+         "train_samples_per_s_on_the_fly", "train_cached_over_on_the_fly", "train_peak_memory_mb")
+
+
+def positive(x) -> bool:
+    return isinstance(x, float) and math.isfinite(x) and x > 0
+
+
+def test_json_has_every_key_with_sane_values(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert main(["--sizes", "44x36", "32x24", "--frames", "1", "--batch-videos", "2", "--train-steps", "1",
+                 "--train-crop", "32", "--device", "cpu", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert [(s["width"], s["height"]) for s in r["sizes"]] == [(44, 36), (32, 24)]
+    for s in r["sizes"]:
+        assert set(PER_SIZE) <= set(s)
+        for key in ("end_to_end_fps", "forward_fps", "naive_fps", "batched_fps", "batched_forward_fps",
+                    "peak_gflops", "achieved_gflops", "fp32_peak_gflops", "peak_memory_mb"):
+            assert positive(s[key]), (key, s[key])
+        assert set(s["forward_variants"]) == {"fp32 nchw", "fp32 channels_last", "bf16 channels_last"}
+        # dtype auto: the rest ran in the fastest variant
+        best = max(s["forward_variants"], key=s["forward_variants"].get)
+        assert best.split()[0] == s["dtype"] and s["channels_last"] == best.endswith("channels_last")
+        assert s["end_to_end_over_naive"] == pytest.approx(s["end_to_end_fps"] / s["naive_fps"])
+        assert s["achieved_gflops"] == pytest.approx(2 * s["gmac_per_frame"] * s["forward_fps"])
+        assert s["fp32_fraction_of_peak"] == pytest.approx(s["fp32_achieved_gflops"] / s["fp32_peak_gflops"])
+        assert s["batched_videos"] == 2 and s["frames"] == 1
+    # the top level keeps the first version's keys (the first size) and adds the device-wide ones
+    for key in PER_SIZE:
+        assert r[key] == r["sizes"][0][key]
+    assert r["device"].startswith("cpu") and r["torch"] == torch.__version__
+    for key in TRAIN:
+        assert positive(r[key]), (key, r[key])
+    assert r["train_samples_per_s_cached"] == pytest.approx(2 * r["train_steps_per_s_cached"])
+    assert r["train_crop"] == 32 and r["train_flow"] == "dis-medium"
+    assert {t["key"] for t in r["targets"]} == {"end_to_end_over_forward", "end_to_end_over_naive",
+                                                "fp32_fraction_of_peak", "train_cached_over_on_the_fly"}
+    table = capsys.readouterr().out
+    assert "44×36" in table and "naive (fp32 NCHW, JPEG each step)" in table and "cached" in table
+
+
+def test_bad_sizes_are_usage_errors():
+    for bad in ("854", "854x", "8x8"):
+        with pytest.raises(SystemExit) as e:
+            main(["--sizes", bad])
+        assert e.value.code == 2
+
+
+def test_conv_macs_counts_each_tap():
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 5, 3)  # 8×8 -> 6×6
+            self.up = nn.ConvTranspose2d(5, 2, 3, stride=2)  # each of the 6×6×5 inputs meets 2×3×3 taps
+
+        def forward(self, a, b, c, d):
+            return self.up(self.conv(a))
+
+    assert conv_macs(Two(), 8, 8) == 6 * 6 * 5 * 3 * 9 + 6 * 6 * 5 * 2 * 9
+    net = TDMSNet(nf=8)
+    assert conv_macs(net, 32, 40) == 4 * conv_macs(net, 16, 20)  # every layer scales with the pixels
+
+
+def test_peak_matmul_is_measured():
+    assert 0 < peak_matmul_gflops(torch.device("cpu"), n=64, seconds=0.01) < 1e6
+
+
+def test_flows_on_crops_pair_each_frame_with_the_previous():
+    ins = torch.arange(2 * 4, dtype=torch.float32).view(2, 4, 1, 1, 1).expand(2, 4, 3, 5, 6)
+
+    def backend(a, b):  # a "flow" that records which frames it saw
+        return torch.cat([a[:, :1], b[:, :1]], 1)
+
+    f = flows_on_crops(backend, ins)
+    assert f.shape == (2, 3, 2, 5, 6)
+    assert torch.equal(f[1, 2, :, 0, 0], torch.tensor([7.0, 6.0]))  # clip 1: F*_3 = flow(I_3 -> I_2)
+
+
+def test_naive_path_runs_the_network_from_jpeg_files(tmp_path):
+    torch.manual_seed(0)
+    net = TDMSNet(nf=8).eval()
+    clip = tmp_path / "clip"
+    make_clip(clip / "input", clip / "processed", 3, 30, 38)
+    assert naive_frames_on_disk(net, torch.device("cpu"), clip, tmp_path / "out") == 2
+    # frame 1 by hand, from the same JPEGs (O_0 = P_0 went through one more JPEG round trip)
+    x = [torch.from_numpy(read_frame(p).transpose(2, 0, 1))[None] for p in
+         (clip / "input" / "00000.jpg", clip / "input" / "00001.jpg", tmp_path / "out" / "00000.jpg",
+          clip / "processed" / "00001.jpg")]
+    x = [nn.functional.pad(v, (0, 2, 0, 2), mode="reflect") for v in x]
+    with torch.no_grad():
+        want = net(*x)["output"][0, :, :30, :38].clamp(0, 1).permute(1, 2, 0).numpy()
+    cv2.imwrite(str(tmp_path / "want.jpg"), (want * 255).round().astype(np.uint8)[..., ::-1])
+    got = read_frame(tmp_path / "out" / "00001.jpg")
+    assert np.array_equal(got, read_frame(tmp_path / "want.jpg"))
+    assert np.abs(got - read_frame(clip / "processed" / "00001.jpg")).mean() > 0.05  # not a copy of P_1
