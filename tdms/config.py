@@ -55,6 +55,7 @@ class LossConfig:
     flow: float = 0.5
     flow_cycle: float = 0.0  # L1(flow(I_{t-1}->I_t), flow(O_{t-1}->O_t)); needs flownet2/raft; DESIGN's 1 in paper_tdms
     mask: float = 1.0
+    mask_target: str = "flow_star"  # flow_star: V of F* (the paper); own_flow: V of the net's own flow (detached)
     alpha: float = 50.0  # visibility mask sharpness
     squared_norm: bool = False  # False: original (sum channels, then square); True: the paper's squared norm
     vgg_weights: str = ""  # a torchvision vgg16 state dict; default: torchvision's cache

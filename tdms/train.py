@@ -135,7 +135,10 @@ def step_losses(out: dict, f: dict, w, aux: Aux, long=None) -> dict:
     if w.flow > 0 and "flow" in out:
         terms["flow"] = L.flow_loss(out["flow"], f["f_star"])
     if w.mask > 0 and "mask" in out:
-        terms["mask"] = L.mask_loss(out["mask"], f["vis"])
+        target = f["vis"]
+        if w.mask_target == "own_flow":  # where the net's own (detached) flow really aligns the frames
+            target = visibility_mask(f["i_t"], warp(f["i_prev"], out["flow"].detach()), w.alpha, w.squared_norm)
+        terms["mask"] = L.mask_loss(out["mask"], target)
     if w.perceptual > 0:
         terms["perceptual"] = L.perceptual_loss(aux.vgg, o_t, f["p_t"]).float()
     if long is not None:
@@ -153,6 +156,8 @@ def clip_losses(model, batch: dict, cfg: Config, aux: Aux | None = None) -> tupl
     """
     aux = aux or Aux()
     w = cfg.loss
+    if w.mask_target not in ("flow_star", "own_flow"):
+        raise ValueError(f"loss.mask_target must be flow_star or own_flow, got {w.mask_target!r}")
     ins, ps, flows = batch["input"], batch["processed"], batch["flow"]
     steps = ins.shape[1] - 1
     o_prev = o_first = ps[:, 0]

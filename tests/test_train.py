@@ -331,3 +331,28 @@ def test_cuda_fp16_scaler_is_saved_and_resumed_and_bf16_runs(lai_root, tmp_path)
     assert read_checkpoint(train(cfg, resume=True))["step"] == 2
     bf16 = one_step(lai_root, tmp_path, "bf16", **cuda, **{"train.amp": "bf16", "train.channels_last": True})
     assert bf16["scaler"] is None and all(torch.isfinite(v).all() for v in bf16["model"].values())
+
+
+def test_mask_target_own_flow_uses_the_nets_flow(lai_root, tmp_path):
+    from tdms.flow.occlusion import visibility_mask
+    from tdms.model import TDMSNet
+    from tdms.train import step_losses
+
+    cfg = config(lai_root, tmp_path, **{"loss.mask_target": "own_flow"})
+    torch.manual_seed(0)
+    model = TDMSNet(nf=8)
+    i_prev, i_t, p_t = (torch.rand(1, 3, 16, 16) for _ in range(3))
+    f_star = torch.full((1, 2, 16, 16), 2.0)
+    out = model(i_prev, i_t, p_t, p_t)
+    frames = {"i_prev": i_prev, "i_t": i_t, "o_prev": p_t, "o_first": p_t, "p_t": p_t, "f_star": f_star,
+              "vis": torch.ones(1, 1, 16, 16)}
+    own = step_losses(out, frames, cfg.loss, None)["mask"]
+    v = visibility_mask(i_t, warp(i_prev, out["flow"].detach()), 50.0)
+    assert torch.allclose(own, (out["mask"] - v).abs().mean())
+    cfg.loss.mask_target = "flow_star"
+    assert torch.allclose(step_losses(out, frames, cfg.loss, None)["mask"], (out["mask"] - 1).abs().mean())
+    cfg.loss.mask_target = "nope"
+    batch = {"input": torch.rand(1, 3, 3, 16, 16), "processed": torch.rand(1, 3, 3, 16, 16),
+             "flow": torch.zeros(1, 2, 2, 16, 16), "name": "x"}
+    with pytest.raises(ValueError, match="mask_target"):
+        clip_losses(model, batch, cfg)
