@@ -69,7 +69,8 @@ def test_cli_writes_frames_and_refuses_to_clobber(pair, tmp_path, ckpt, capsys):
                       "--checkpoint", str(ckpt), "--device", "cpu"]) == 0
     assert len(FrameSource(out)) == 5 and read_frame(out / "00004.png").shape == (30, 38, 3)
     assert json.loads((out / MARKER).read_text())["frames"] == 5
-    assert "5 frames" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "5 frames of 38×30" in printed and "5 frames in" in printed
     # complete output is skipped, --redo recomputes
     assert run_cli(["--input", str(pair[0]), "--processed", str(pair[1]), "--output", str(out),
                       "--checkpoint", str(ckpt)]) == 0

@@ -90,6 +90,8 @@ def run_one(method, input_path, processed_path, out: Path, args, desc="") -> dic
     if is_complete(out, len(src_i)) and not args.redo:
         return None
     prepare_output(out, [src_i.path, src_p.path], args.redo)
+    if not args.data_dir:
+        print(f"  {len(src_i)} frames of {src_i.size[1]}×{src_i.size[0]} from {src_i.path} and {src_p.path}")
     pairs = prefetch(zip(src_i, resized(src_p, src_i.size), strict=True))
     meta = {"method": args.method, "input": str(src_i.path), "processed": str(src_p.path)}
     return process_video(method(pairs), out, len(src_i), src_p.fps, meta, *frame_format(args), desc)
