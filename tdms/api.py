@@ -249,8 +249,8 @@ def stabilize(original, processed, model=None, method: str = "tdms", device=None
     (T,3,H,W), frame folders, video files, or iterables of frames). model: a loaded TDMS-Net, a checkpoint
     path or name, or None for the shipped one. method: tdms, naive, bonneel (flow backend `flow`, weight
     `lam`) or identity. device: where the model runs (None: the model's device, CPU when loading).
-    amp: fp32, bf16 (CUDA, or a CPU with bf16 support) or fp16 (CUDA). Returns the frames, clipped to [0,1], in processed's kind
-    (numpy/torch of its dtype and device; paths give a float32 numpy array; other iterables a list), or with
+    amp: fp32, bf16 (CUDA, or a CPU with bf16 support) or fp16 (CUDA). Returns the frames, clipped to [0,1],
+    in processed's kind (numpy/torch of its dtype and device; paths give a float32 numpy array; other iterables a list), or with
     `output` (a folder of PNG frames or a .mp4/.avi path) writes them there and returns the path.
     """
     clips = [clip_of(original, "original"), clip_of(processed, "processed")]
