@@ -250,8 +250,8 @@ def stabilize(original, processed, model=None, method: str = "tdms", device=None
     path or name, or None for the shipped one. method: tdms, naive, bonneel (flow backend `flow`, weight
     `lam`) or identity. device: where the model runs (None: the model's device, CPU when loading).
     amp: fp32, bf16 (CUDA, or a CPU with bf16 support) or fp16 (CUDA). Returns the frames, clipped to [0,1],
-    in processed's kind (numpy/torch of its dtype and device; paths give a float32 numpy array; other iterables a list), or with
-    `output` (a folder of PNG frames or a .mp4/.avi path) writes them there and returns the path.
+    in processed's kind (numpy/torch of its dtype and device; paths give a float32 numpy array; other iterables
+    a list), or with `output` (a folder of PNG frames or a .mp4/.avi path) writes them there and returns the path.
     """
     clips = [clip_of(original, "original"), clip_of(processed, "processed")]
     out = None if output is None else check_target(output, clips, overwrite)
