@@ -27,7 +27,12 @@ class Clip:
     video: str
     input_dir: Path
     processed_dir: Path
-    frames: int
+    input_files: list[Path]  # listed once here, not on every sample
+    processed_files: list[Path]
+
+    @property
+    def frames(self) -> int:
+        return len(self.input_files)
 
 
 def read_list(path: Path) -> list[str]:
@@ -57,10 +62,10 @@ def find_clips(root: Path, phase: str, tasks_list: Path) -> list[Clip]:
             for d in (idir, pdir):
                 if not d.is_dir():
                     raise FileNotFoundError(f"{tasks_list}: video {dataset}/{video} (task {task}) not on disk: {d}")
-            n_in, n_p = len(list_frames(idir)), len(list_frames(pdir))
-            if n_p < n_in:
-                raise ValueError(f"{pdir}: {n_p} processed frames but {n_in} input frames in {idir}")
-            clips.append(Clip(task, dataset, video, idir, pdir, n_in))
+            in_files, p_files = list_frames(idir), list_frames(pdir)
+            if len(p_files) < len(in_files):
+                raise ValueError(f"{pdir}: {len(p_files)} processed frames but {len(in_files)} input frames in {idir}")
+            clips.append(Clip(task, dataset, video, idir, pdir, in_files, p_files))
     if not clips:
         raise ValueError(f"{tasks_list}: no training videos")
     return clips
@@ -121,9 +126,8 @@ class ClipDataset(Dataset):
         transpose, hflip, vflip = (rng.random(3) < 0.5) if self.augment else (False, False, False)
 
         idx = list(range(t0, t0 + self.s))
-        in_files, p_files = list_frames(clip.input_dir), list_frames(clip.processed_dir)
-        ins = [read_frame(in_files[i]) for i in idx]
-        ps = [read_frame(p_files[i]) for i in idx]
+        ins = [read_frame(clip.input_files[i]) for i in idx]
+        ps = [read_frame(clip.processed_files[i]) for i in idx]
         # F*_t = flow(frame t -> frame t-1) in the order the clip is played
         flows = []
         for i in idx[:-1]:
