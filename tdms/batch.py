@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from tdms import distributed
 from tdms.dataset import read_list, read_tasks
 from tdms.evaluate import Options, Tracking, evaluate_video, reference
 from tdms.flow import build_flow
@@ -226,11 +227,25 @@ def decode(x):
     return x
 
 
-def run(cfg: EvalConfig, progress: bool = True) -> tuple[list[dict], dict]:
-    """Score every job not finished yet; returns (all rows in job order, timing/count info)."""
+def share(todo: list[int], jobs: list[Job], world: distributed.World) -> list[int]:
+    """This rank's jobs: whole input videos (all their methods) go to one rank, so each flow is computed once."""
+    by_video: dict[Path, list[int]] = {}
+    for k in todo:
+        by_video.setdefault(jobs[k].input, []).append(k)
+    return sorted(k for group in distributed.shard(list(by_video.values()), world) for k in group)
+
+
+def run(cfg: EvalConfig, progress: bool = True, world: distributed.World = distributed.ONE
+        ) -> tuple[list[dict], dict]:
+    """Score every job not finished yet; returns (all rows in job order, timing/count info).
+
+    With several processes (torchrun) each scores its share of the videos and returns only those rows; a
+    second call on one process then collects them all from the stored results (tdms-evaluate does this)."""
     start, jobs = time.time(), plan(cfg)
     done = {k: row for k, job in enumerate(jobs) if (row := finished(job, cfg)) is not None}
-    todo = [k for k in range(len(jobs)) if k not in done]
+    todo = share([k for k in range(len(jobs)) if k not in done], jobs, world)
+    if world.distributed:
+        done = {}  # this rank's rows only
     info = {"jobs": len(jobs), "reused": len(done), "scored": len(todo)}
     if todo:
         if cfg.run.threads:
@@ -253,4 +268,4 @@ def run(cfg: EvalConfig, progress: bool = True) -> tuple[list[dict], dict]:
                     bar.update(1)
         bar.close()
     info["seconds"] = round(time.time() - start, 3)
-    return [decode(done[k]) for k in range(len(jobs))], info
+    return [decode(done[k]) for k in sorted(done)], info

@@ -281,14 +281,14 @@ def make_lai_set(root: Path, videos: int, frames: int, h: int, w: int) -> Path:
 
 
 def measure_training(device: torch.device, workdir: Path, crop: int, steps: int, flow: str,
-                     size: tuple[int, int], log) -> dict:
+                     size: tuple[int, int], log, flow_checkpoint: str = "") -> dict:
     """Training steps/s with flows from the cache against flows computed on the fly by the same backend."""
     cfg = Config()
     cfg.data.crop = crop
     cfg.loss.perceptual = 0.0  # VGG16 weights are not shipped (README "Weights"); the same for both variants
     root = make_lai_set(workdir / "lai", videos=2, frames=cfg.data.sample_frames + 1, h=size[0], w=size[1])
     clips = find_clips(root, "train", root / "lists" / "train_tasks.txt")
-    backend = build_flow(flow)
+    backend = build_flow(flow, device=device, checkpoint=flow_checkpoint)
     cache = FlowCache(root / "cache", backend)
     log(f"training: flow cache ({backend.name})")
     for video in sorted({c.input_dir for c in clips}):
@@ -324,7 +324,7 @@ def check_targets(r: dict, device: torch.device) -> list[dict]:
 def run(sizes: list[tuple[int, int]], frames: int, device: torch.device, workdir: Path, checkpoint: str = "",
         dtype: str = "auto", channels_last=None, compile: bool = False, cuda_graph: bool = False,
         batch_videos: int = 2, train_crop: int = 192, train_steps: int = 2, train_flow: str = "dis",
-        peak_seconds: float = 2.0, log=print) -> dict:
+        peak_seconds: float = 2.0, log=print, train_flow_checkpoint: str = "") -> dict:
     """Every figure, in one run. sizes: (H, W) pairs. dtype: auto (the fastest forward variant) or one of
     runner.AMP, with channels_last True/False (None: on). Training runs on frames of the first size;
     train_steps 0 skips it. The top level holds the first size's figures (the keys of the first version) and the
@@ -346,6 +346,7 @@ def run(sizes: list[tuple[int, int]], frames: int, device: torch.device, workdir
     r = {**per_size[0], "device": device_name(device), "torch": torch.__version__,
          "mkldnn": torch.backends.mkldnn.is_available(), "threads": torch.get_num_threads(), "sizes": per_size}
     if train_steps > 0:
-        r.update(measure_training(device, workdir, train_crop, train_steps, train_flow, sizes[0], log))
+        r.update(measure_training(device, workdir, train_crop, train_steps, train_flow, sizes[0], log,
+                                  train_flow_checkpoint))
     r["targets"] = check_targets(r, device)
     return r

@@ -48,10 +48,26 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+def prior_backend(name: str):
+    """The flow backend of `model.flow_prior` (None for "none"): DIS only, so that it needs no weights."""
+    if name == "none":
+        return None
+    from tdms.flow.dis import PRESETS, DISFlow
+
+    preset = name.removeprefix("dis-")
+    if not name.startswith("dis-") or preset not in PRESETS:
+        choices = ["none"] + [f"dis-{p}" for p in PRESETS]
+        raise ValueError(f"unknown model.flow_prior {name!r}; choose from {choices}")
+    return DISFlow(preset)
+
+
 def build_model(mcfg: ModelConfig) -> torch.nn.Module:
     """The network `mcfg.arch` names, untrained."""
+    prior = prior_backend(mcfg.flow_prior)
     if mcfg.arch == "tdms":
-        return TDMSNet(mcfg.nf, mcfg.norm, mcfg.original_quirks)
+        return TDMSNet(mcfg.nf, mcfg.norm, mcfg.original_quirks, prior_flow=prior)
+    if prior is not None:
+        raise ValueError(f"model.flow_prior={mcfg.flow_prior} needs model.arch=tdms, got {mcfg.arch!r}")
     if mcfg.arch == "lai":
         return LaiNet(mcfg.nf, mcfg.norm, mcfg.original_quirks)
     raise ValueError(f"unknown model.arch {mcfg.arch!r}; choose from {list(ARCHS)}")

@@ -22,6 +22,7 @@ class ModelConfig:
     nf: int = 32
     norm: str = "none"  # none | instance (the original said IN but never applied it)
     original_quirks: bool = False  # reproduce the released model's forward (DESIGN §4; lai: dead IN buffers)
+    flow_prior: str = "none"  # none (the paper) | dis-medium | dis-fast | dis-ultrafast: pre-align with DIS (model.py)
 
 
 @dataclass
@@ -56,6 +57,7 @@ class LossConfig:
     flow_cycle: float = 0.0  # L1(flow(I_{t-1}->I_t), flow(O_{t-1}->O_t)); needs flownet2/raft; DESIGN's 1 in paper_tdms
     mask: float = 1.0
     mask_target: str = "flow_star"  # flow_star: V of F* (the paper); own_flow: V of the net's own flow (detached)
+    mask_scale: float = 1.0  # κ: the mask target is κ·V (the paper: 1); below 1 it sets how much of O_{t-1} is kept
     alpha: float = 50.0  # visibility mask sharpness
     squared_norm: bool = False  # False: original (sum channels, then square); True: the paper's squared norm
     vgg_weights: str = ""  # a torchvision vgg16 state dict; default: torchvision's cache

@@ -3,6 +3,11 @@
     O_t = M_t * warp(O_{t-1}, F_t) + (1 - M_t) * P_t + R_t
 
 Parameter names follow the authors' released checkpoint so that `model_pf_epoch_65.pth` loads unchanged.
+
+A deviation, off by default (`model.flow_prior`): with a flow prior F° = flow(I_t -> I_{t-1}) from a classical
+estimator (DIS), the network sees I_{t-1} and O_{t-1} pre-aligned by F° and its flow head predicts a correction,
+F_t = F° + ΔF_t. The weights and layer names stay those of DESIGN §4; only the routing of the two previous frames
+changes. The shipped CPU-trained checkpoint uses it (checkpoints/README.md says why).
 """
 
 import torch
@@ -64,8 +69,11 @@ class TDMSNet(nn.Module):
     but are not applied. False (default) chains the blocks and applies `norm` as asked.
     """
 
-    def __init__(self, nf: int = 32, norm: str = "none", original_quirks: bool = False):
+    def __init__(self, nf: int = 32, norm: str = "none", original_quirks: bool = False, prior_flow=None):
         super().__init__()
+        # flow(img_a, img_b) -> (B,2,H,W), tdms.flow's contract; None = the paper's network. Not a submodule:
+        # it has no weights and is rebuilt from the config (checkpoint.build_model).
+        self.prior_flow = prior_flow
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         self.original_quirks = original_quirks
@@ -108,11 +116,26 @@ class TDMSNet(nn.Module):
             return blocks[-1](e3)
         return blocks(e3)
 
-    def heads(self, i_prev, i_t, o_prev, p_t):
-        """Mask (B,3,H,W) in (0,1), flow (B,2,H,W) pixels t→t-1, residual (B,3,H,W) in (-1,1)."""
+    @property
+    def flow_prior(self) -> bool:
+        return self.prior_flow is not None
+
+    def heads(self, i_prev, i_t, o_prev, p_t, prior=None):
+        """Mask (B,3,H,W) in (0,1), flow (B,2,H,W) pixels t→t-1, residual (B,3,H,W) in (-1,1).
+
+        With a flow prior, `prior` is F° (B,2,H,W) fp32 (computed here when None; training passes the cached F*).
+        The pre-alignment and F° + ΔF run in fp32 whatever the dtype of the other inputs.
+        """
         h, w = i_t.shape[-2:]
         if h % 4 or w % 4:
             raise ValueError(f"TDMSNet needs H and W divisible by 4, got {h}×{w} (pad the frames)")
+        if self.flow_prior:
+            if prior is None:
+                prior = self.prior_flow(i_t.float(), i_prev.float())
+            prior = prior.float()
+            i_prev, o_prev = (warp(x.float(), prior).to(x.dtype) for x in (i_prev, o_prev))
+        elif prior is not None:
+            raise ValueError("a flow prior was given to a TDMSNet built without one (model.flow_prior=none)")
         act = self.relu
         e1a = act(self.conv1a(torch.cat((i_prev, i_t), 1)))
         e1b = act(self.conv1b(torch.cat((o_prev, p_t), 1)))
@@ -132,11 +155,13 @@ class TDMSNet(nn.Module):
         f = self._head_blocks(self.ResBlocks_f, e3)
         f = act(self.deconv2_f(act(self.deconv1_f(f))))
         flow = self.deconv3_f(f) * FLOW_SCALE
+        if self.flow_prior:
+            flow = prior + flow.float()
         return mask, flow, residual
 
-    def forward(self, i_prev, i_t, o_prev, p_t) -> dict:
+    def forward(self, i_prev, i_t, o_prev, p_t, prior=None) -> dict:
         """One step of the recurrence. Returns output, mask, flow, residual, warped (= warp(O_{t-1}, F_t))."""
-        mask, flow, residual = self.heads(i_prev, i_t, o_prev, p_t)
+        mask, flow, residual = self.heads(i_prev, i_t, o_prev, p_t, prior)
         warped = warp(o_prev, flow)
         output = mask * warped + (1 - mask) * p_t + residual
         return {"output": output, "mask": mask, "flow": flow, "residual": residual, "warped": warped}

@@ -100,6 +100,9 @@ def make_step(model: nn.Module, device, amp: str = "fp32", channels_last: bool =
         raise ValueError(f"fp16 needs a CUDA device, got {device} (on CPU use bf16)")
     if cuda_graph and device.type != "cuda":
         raise ValueError(f"CUDA graphs need a CUDA device, got {device}")
+    if cuda_graph and getattr(model, "flow_prior", False):
+        raise ValueError("CUDA graphs cannot capture this model's flow prior (DIS runs on the CPU); "
+                         "drop --cuda-graph")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed frame sizes: let cuDNN pick its fastest kernels once
     fn = Step(model, AMP[amp], channels_last, device.type)

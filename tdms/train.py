@@ -4,6 +4,11 @@ Trains TDMS-Net or Lai et al.'s network (model.arch) with the losses of DESIGN �
 GPU options: train.amp (bf16/fp16 autocast of the networks' forward; fp16 with a GradScaler kept in the
 checkpoints), train.channels_last and train.compile. Frozen networks (flow, VGG) never enter the optimizer or
 the checkpoints.
+
+Several processes: `torchrun --nproc-per-node N $(which tdms-train) --config ...` runs DistributedDataParallel
+(tdms/distributed.py). train.batch is the global batch, split evenly over the ranks, and global step s trains on
+samples s·batch ... (s+1)·batch - 1 whatever the world size (the sample of index k is a function of the seed and
+k), so a run resumes exactly with another number of processes. Rank 0 alone logs and writes checkpoints.
 """
 
 import copy
@@ -16,10 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from tdms import distributed
 from tdms import losses as L
 from tdms.checkpoint import atomic_save, build_model, load_state, read_checkpoint, training_state
 from tdms.config import Config, save_config
@@ -47,6 +55,7 @@ class Aux:
     amp: torch.dtype | None = None  # autocast dtype of the forward passes; None = fp32
     scaler: torch.amp.GradScaler | None = None  # fp16 only
     channels_last: bool = False
+    no_sync: object = None  # DDP's no_sync: gradients are all-reduced once, on a clip's last frame
 
     def autocast(self, device: torch.device):
         return torch.autocast(device.type, dtype=self.amp) if self.amp else nullcontext()
@@ -104,17 +113,23 @@ def check_flow_input(flow, crop: int, device: torch.device):
         raise ValueError(f"data.crop={crop} is too small for the flow terms computed on the crops: {e}") from None
 
 
-def build_data(cfg: Config, backend=None) -> tuple[ClipDataset, FlowCache]:
-    """The clips of cfg.data with their flows cached (computed once per backend; slow for networks on CPU)."""
+def build_data(cfg: Config, backend=None, world: distributed.World = distributed.ONE
+               ) -> tuple[ClipDataset, FlowCache]:
+    """The clips of cfg.data with their flows cached (computed once per backend; slow for networks on CPU).
+
+    With several processes each fills the cache for its share of the videos (entries are written atomically),
+    then all wait for the others."""
     root = Path(cfg.data.root)
     clips = find_clips(root, cfg.data.phase, root / cfg.data.tasks_list)
     backend = backend or build_flow(cfg.flow.backend, preset=cfg.flow.preset)
     cache = FlowCache(Path(cfg.data.flow_cache or root / "cache" / "flow"), backend)
-    for video in tqdm(sorted({c.input_dir for c in clips}), desc="flow cache", unit="video"):
+    videos = distributed.shard(sorted({c.input_dir for c in clips}), world)
+    for video in tqdm(videos, desc="flow cache", unit="video", disable=not world.main):
         try:
             cache.prepare(video, progress=False)
         except ValueError as e:
             raise ValueError(f"{video}: {e}") from None
+    distributed.barrier(world)
     ds = ClipDataset(clips, cache, cfg.data.sample_frames, cfg.data.crop, cfg.data.scale_min,
                      cfg.data.scale_max, cfg.data.augment, cfg.train.seed)
     return ds, cache
@@ -138,7 +153,7 @@ def step_losses(out: dict, f: dict, w, aux: Aux, long=None) -> dict:
         target = f["vis"]
         if w.mask_target == "own_flow":  # where the net's own (detached) flow really aligns the frames
             target = visibility_mask(f["i_t"], warp(f["i_prev"], out["flow"].detach()), w.alpha, w.squared_norm)
-        terms["mask"] = L.mask_loss(out["mask"], target)
+        terms["mask"] = L.mask_loss(out["mask"], w.mask_scale * target)
     if w.perceptual > 0:
         terms["perceptual"] = L.perceptual_loss(aux.vgg, o_t, f["p_t"]).float()
     if long is not None:
@@ -158,6 +173,8 @@ def clip_losses(model, batch: dict, cfg: Config, aux: Aux | None = None) -> tupl
     w = cfg.loss
     if w.mask_target not in ("flow_star", "own_flow"):
         raise ValueError(f"loss.mask_target must be flow_star or own_flow, got {w.mask_target!r}")
+    if not 0 < w.mask_scale <= 1:
+        raise ValueError(f"loss.mask_scale must be in (0, 1], got {w.mask_scale}")
     ins, ps, flows = batch["input"], batch["processed"], batch["flow"]
     steps = ins.shape[1] - 1
     o_prev = o_first = ps[:, 0]
@@ -172,21 +189,25 @@ def clip_losses(model, batch: dict, cfg: Config, aux: Aux | None = None) -> tupl
         if w.long_term > 0 and t > 1:
             f0 = aux.flow(i_t, ins[:, 0])
             long = (f0, visibility_mask(i_t, warp(ins[:, 0], f0), w.alpha, w.squared_norm))
-        with aux.autocast(ins.device):
-            extra = {"state": state} if recurrent else {}
-            out = model(*(aux.fmt(x) for x in (i_prev, i_t, o_prev.detach(), p_t)), **extra)
-            state = out.pop("state", None)
-            out = {k: v.float() for k, v in out.items()}  # losses in fp32 (a no-op without amp)
-            frames = {"i_prev": i_prev, "i_t": i_t, "o_prev": o_prev, "o_first": o_first, "p_t": p_t,
-                      "f_star": f_star, "vis": vis}
-            terms = step_losses(out, frames, w, aux, long)
-        loss = sum(getattr(w, name) * value for name, value in terms.items())
-        for name, value in terms.items():
-            means[name] = means.get(name, 0.0) + value.item() / steps
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"non-finite loss at frame {t} of {batch['name']}: {means}")
-        scaled = loss / steps
-        (aux.scaler.scale(scaled) if aux.scaler else scaled).backward()
+        # under DDP, the gradients of the clip's frames add up locally and are all-reduced once, on the last
+        with aux.no_sync() if aux.no_sync is not None and t < steps else nullcontext():
+            with aux.autocast(ins.device):
+                extra = {"state": state} if recurrent else {}
+                if cfg.model.flow_prior != "none":  # the prior is the flow the cache already holds
+                    extra["prior"] = f_star
+                out = model(*(aux.fmt(x) for x in (i_prev, i_t, o_prev.detach(), p_t)), **extra)
+                state = out.pop("state", None)
+                out = {k: v.float() for k, v in out.items()}  # losses in fp32 (a no-op without amp)
+                frames = {"i_prev": i_prev, "i_t": i_t, "o_prev": o_prev, "o_first": o_first, "p_t": p_t,
+                          "f_star": f_star, "vis": vis}
+                terms = step_losses(out, frames, w, aux, long)
+            loss = sum(getattr(w, name) * value for name, value in terms.items())
+            for name, value in terms.items():
+                means[name] = means.get(name, 0.0) + value.item() / steps
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"non-finite loss at frame {t} of {batch['name']}: {means}")
+            scaled = loss / steps
+            (aux.scaler.scale(scaled) if aux.scaler else scaled).backward()
         total += loss.item() / steps
         o_prev = out["output"]
         if state is not None:  # truncated backpropagation through time: one frame
@@ -224,8 +245,15 @@ def train(cfg: Config, resume: bool = False, init_weights: str = "") -> Path:
         raise FileNotFoundError(f"--resume: no checkpoint at {last}")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    torch.manual_seed(cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     device = pick_device(cfg.train.device)
+    world = distributed.from_env()
+    if cfg.train.batch % world.size:
+        raise ValueError(f"train.batch={cfg.train.batch} is the global batch: it must divide evenly over the "
+                         f"{world.size} processes")
+    distributed.init(device.type)
+    if device.type == "cuda" and world.distributed:
+        device = torch.device("cuda", world.local_rank)
     check_amp(cfg.train.amp, device)
 
     model = build_model(cfg.model).to(device)
@@ -252,28 +280,42 @@ def train(cfg: Config, resume: bool = False, init_weights: str = "") -> Path:
               AMP[cfg.train.amp], scaler, cfg.train.channels_last)
     if aux.flow or aux.cycle_flow:
         check_flow_input(backend, cfg.data.crop, device)
+    if cfg.model.flow_prior not in ("none", backend.name):
+        raise ValueError(f"model.flow_prior={cfg.model.flow_prior} must be the training flow ({backend.name}): "
+                         "the cached F* is the prior during training, so inference must compute the same flow")
     if cfg.model.arch == "lai" and (w.flow > 0 or w.mask > 0):
         print(f"note: model.arch={cfg.model.arch} has no flow/mask heads; loss.flow and loss.mask do not apply")
 
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
     sha = git_sha()
-    (out / "run.json").write_text(json.dumps({"git": sha, "device": str(device), "resumed_at": step}))
-    ds, _ = build_data(cfg, backend)
-    sampler = range(step * cfg.train.batch, cfg.train.steps * cfg.train.batch)
-    loader = DataLoader(ds, cfg.train.batch, sampler=sampler, num_workers=cfg.data.workers,
+    if world.main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        (out / "run.json").write_text(json.dumps({"git": sha, "device": str(device), "resumed_at": step,
+                                                  "world_size": world.size}))
+    ds, _ = build_data(cfg, backend, world)
+    # the samples of the remaining global steps; each rank takes every world.size-th, so a global batch holds
+    # the same samples for any number of processes
+    remaining = Samples(ds, step * cfg.train.batch, cfg.train.steps * cfg.train.batch)
+    sampler = DistributedSampler(remaining, world.size, world.rank, shuffle=False) if world.distributed else None
+    loader = DataLoader(remaining, cfg.train.batch // world.size, sampler=sampler, num_workers=cfg.data.workers,
                         pin_memory=device.type == "cuda", drop_last=True,
                         persistent_workers=cfg.data.workers > 0)
-    forward = torch.compile(model) if cfg.train.compile else model  # checkpoints keep `model`'s names
-    tb = SummaryWriter(out / "tb")
+    forward = model  # checkpoints keep `model`'s names
+    if world.distributed:
+        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        aux.no_sync = forward.no_sync
+    if cfg.train.compile:
+        forward = torch.compile(forward)
+    tb = SummaryWriter(out / "tb") if world.main else None
     running: dict[str, float] = {}
     n_run, t_log = 0, time.time()
     model.train()
 
     def save():
-        atomic_save(training_state(model, opt, sched, scaler, step, math.nan, cfg, sha), last)
+        if world.main:
+            atomic_save(training_state(model, opt, sched, scaler, step, math.nan, cfg, sha), last)
 
-    bar = tqdm(total=cfg.train.steps, initial=step, desc="train", unit="step")
+    bar = tqdm(total=cfg.train.steps, initial=step, desc="train", unit="step", disable=not world.main)
     for batch in loader:
         batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         opt.zero_grad(set_to_none=True)
@@ -286,21 +328,39 @@ def train(cfg: Config, resume: bool = False, init_weights: str = "") -> Path:
             running[k] = running.get(k, 0.0) + v
         n_run += 1
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-            means = {k: v / n_run for k, v in running.items()}
+            names = sorted(running)  # means over the global batch: every rank's sums, added
+            sums = distributed.sum_floats([running[k] for k in names], world, device)
+            means = {k: v / (n_run * world.size) for k, v in zip(names, sums, strict=True)}
             rate = n_run / (time.time() - t_log)
-            for k, v in means.items():
-                tb.add_scalar(f"loss/{k}", v, step)
-            tb.add_scalar("lr", sched.get_last_lr()[0], step)
-            bar.write(f"step {step} " + " ".join(f"{k} {v:.4f}" for k, v in means.items())
-                      + f" lr {sched.get_last_lr()[0]:.2e} {rate:.2f} step/s")
+            if world.main:
+                for k, v in means.items():
+                    tb.add_scalar(f"loss/{k}", v, step)
+                tb.add_scalar("lr", sched.get_last_lr()[0], step)
+                bar.write(f"step {step} " + " ".join(f"{k} {v:.4f}" for k, v in means.items())
+                          + f" lr {sched.get_last_lr()[0]:.2e} {rate:.2f} step/s")
             running, n_run, t_log = {}, 0, time.time()
-        if step % cfg.train.image_every == 0:
+        if step % cfg.train.image_every == 0 and world.main:
             log_images(tb, model, batch, step)
         if step % cfg.train.ckpt_every == 0 or step == cfg.train.steps:
             save()
     bar.close()
-    tb.close()
+    if tb:
+        tb.close()
+    distributed.barrier(world)  # the last checkpoint is on disk before any rank returns
     return last
+
+
+class Samples(Dataset):
+    """Samples first ... end - 1 of a ClipDataset (sample k is a function of the seed and k), as 0 ... n - 1."""
+
+    def __init__(self, ds: ClipDataset, first: int, end: int):
+        self.ds, self.first, self.n = ds, first, max(0, end - first)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, k: int) -> dict:
+        return self.ds[self.first + k]
 
 
 @torch.no_grad()

@@ -166,3 +166,63 @@ def test_build_model_by_arch():
     assert type(build_model(ModelConfig(arch="lai", nf=8))) is LaiNet
     with pytest.raises(ValueError, match="unknown model.arch 'unet'; choose from"):
         build_model(ModelConfig(arch="unet"))
+
+
+def test_flow_prior_pre_aligns_the_previous_frames_and_corrects_the_flow():
+    from tdms.checkpoint import build_model
+    from tdms.config import ModelConfig
+
+    torch.manual_seed(0)
+    plain = TDMSNet(nf=8)
+    with_prior = build_model(ModelConfig(nf=8, flow_prior="dis-medium"))
+    assert with_prior.state_dict().keys() == plain.state_dict().keys()  # the same weights, loadable either way
+    with_prior.load_state_dict(plain.state_dict())
+    i_prev, i_t, o_prev, p_t = (torch.rand(1, 3, 32, 40) for _ in range(4))
+    prior = torch.randn(1, 2, 32, 40) * 3
+    m, f, r = with_prior.heads(i_prev, i_t, o_prev, p_t, prior)
+    m0, f0, r0 = plain.heads(warp(i_prev, prior), i_t, warp(o_prev, prior), p_t)
+    assert torch.allclose(m, m0) and torch.allclose(r, r0) and torch.allclose(f, prior + f0)
+    out = with_prior(i_prev, i_t, o_prev, p_t, prior)
+    assert torch.allclose(out["warped"], warp(o_prev, prior + f0), atol=1e-6)
+    # without `prior` it computes F° itself with DIS: I_t -> I_{t-1} (a real photo: DIS on noise is ill-posed)
+    from skimage import data as skdata
+
+    photo = torch.from_numpy(skdata.astronaut()[100:132, 150:194].astype("float32") / 255).permute(2, 0, 1)[None]
+    i_prev, shifted = photo[..., 2:42], photo[..., :40]  # content moves 2 px right
+    with torch.no_grad():
+        m_self, f_self, _ = with_prior.heads(i_prev, shifted, o_prev, p_t)
+        dis = with_prior.prior_flow(shifted, i_prev)
+        _, f_given, _ = with_prior.heads(i_prev, shifted, o_prev, p_t, dis)
+    assert (f_self - f_given).abs().max() < 0.05  # OpenCV's DIS keeps a little state between calls on tiny frames
+    assert (dis[:, 0, 8:-8, 8:-8] + 2).abs().mean() < 0.5  # content moved 2 px right: flow to I_{t-1} is -2
+    with pytest.raises(ValueError, match="built without one"):
+        plain.heads(i_prev, i_t, o_prev, p_t, prior)
+
+
+def test_flow_prior_names_and_architectures_are_checked():
+    from tdms.checkpoint import build_model
+    from tdms.config import ModelConfig
+    from tdms.runner import make_step
+
+    with pytest.raises(ValueError, match="unknown model.flow_prior 'raft'.*dis-medium"):
+        build_model(ModelConfig(flow_prior="raft"))
+    with pytest.raises(ValueError, match="needs model.arch=tdms"):
+        build_model(ModelConfig(arch="lai", flow_prior="dis-fast"))
+    model = build_model(ModelConfig(nf=8, flow_prior="dis-fast"))
+    with pytest.raises(ValueError, match="CUDA graphs"):
+        make_step(model, "cuda", cuda_graph=True)
+
+
+def test_flow_prior_in_bf16_keeps_the_flow_in_fp32():
+    from tdms.checkpoint import build_model
+    from tdms.config import ModelConfig
+    from tdms.runner import make_step
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(nf=8, flow_prior="dis-medium")).eval()
+    i_prev = torch.rand(1, 3, 32, 40)
+    i_t, o_prev, p_t = torch.roll(i_prev, 3, dims=3), torch.rand(1, 3, 32, 40), torch.rand(1, 3, 32, 40)
+    with torch.inference_mode():
+        ref = model(i_prev, i_t, o_prev, p_t)["output"]
+        out, _ = make_step(model, "cpu", "bf16")(i_prev, i_t, o_prev, p_t)
+    assert out.dtype == torch.float32 and (out - ref).abs().mean() < 5e-3

@@ -356,3 +356,45 @@ def test_mask_target_own_flow_uses_the_nets_flow(lai_root, tmp_path):
              "flow": torch.zeros(1, 2, 2, 16, 16), "name": "x"}
     with pytest.raises(ValueError, match="mask_target"):
         clip_losses(model, batch, cfg)
+
+
+def test_mask_scale_scales_the_target_and_is_checked(lai_root, tmp_path):
+    from tdms.train import step_losses
+
+    cfg = config(lai_root, tmp_path, **{"loss.mask_scale": 0.65})
+    torch.manual_seed(0)
+    model = TDMSNet(nf=8)
+    x = [torch.rand(1, 3, 16, 16) for _ in range(3)]
+    out = model(x[0], x[1], x[2], x[2])
+    vis = torch.rand(1, 1, 16, 16)
+    frames = {"i_prev": x[0], "i_t": x[1], "o_prev": x[2], "o_first": x[2], "p_t": x[2],
+              "f_star": torch.zeros(1, 2, 16, 16), "vis": vis}
+    assert torch.allclose(step_losses(out, frames, cfg.loss, None)["mask"], (out["mask"] - 0.65 * vis).abs().mean())
+    cfg.loss.mask_scale = 1.5
+    batch = {"input": torch.rand(1, 3, 3, 16, 16), "processed": torch.rand(1, 3, 3, 16, 16),
+             "flow": torch.zeros(1, 2, 2, 16, 16), "name": "x"}
+    with pytest.raises(ValueError, match="mask_scale"):
+        clip_losses(model, batch, cfg)
+
+
+def test_flow_prior_trains_on_the_cached_flow_and_must_match_it(lai_root, tmp_path, monkeypatch):
+    from tdms import train as train_module
+    from tdms.checkpoint import load_model
+
+    cfg = config(lai_root, tmp_path, **{"model.flow_prior": "dis-medium", "train.steps": 2})
+    seen = []
+    forward = TDMSNet.forward
+
+    def spy(self, *args, prior=None):
+        seen.append(prior)
+        return forward(self, *args, prior=prior)
+
+    monkeypatch.setattr(TDMSNet, "forward", spy)
+    train_module.train(cfg)
+    # the training forward gets F* from the cache (log_images lets the model compute its own prior)
+    assert sum(p is not None for p in seen) == 2 * 2 and all(p.shape == (2, 2, 16, 16) for p in seen if p is not None)
+    model = load_model(tmp_path / "run" / "last.pth")
+    assert model.flow_prior and model.prior_flow.name == "dis-medium"
+    bad = config(lai_root, tmp_path, **{"model.flow_prior": "dis-fast", "train.out": str(tmp_path / "b")})
+    with pytest.raises(ValueError, match="flow_prior=dis-fast must be the training flow"):
+        train_module.train(bad)

@@ -51,6 +51,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--train-steps", type=int, default=2, help="timed training steps per variant (0: skip)")
     p.add_argument("--train-crop", type=int, default=192)
     p.add_argument("--train-flow", default="dis", help="flow backend of the training figures")
+    p.add_argument("--train-flow-checkpoint", default="",
+                   help="weights of a network --train-flow (default: torch's hub cache)")
     p.add_argument("--json", help="also write the figures here")
     return p
 
@@ -103,7 +105,8 @@ def main(argv=None) -> int:
             r = run(args.sizes, args.frames or (100 if cuda else 4), device, Path(tmp), args.checkpoint, args.dtype,
                     args.channels_last, args.compile, graph, args.batch_videos or (8 if cuda else 2),
                     args.train_crop, args.train_steps, args.train_flow,
-                    log=lambda m: print(f"benchmark: {m}", file=sys.stderr, flush=True))
+                    log=lambda m: print(f"benchmark: {m}", file=sys.stderr, flush=True),
+                    train_flow_checkpoint=args.train_flow_checkpoint)
         print(table(r))
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)

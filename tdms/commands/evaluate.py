@@ -24,6 +24,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from tdms import distributed
 from tdms.batch import PROCESSED, EvalConfig, plan, run, set_threads
 from tdms.config import load_config
 from tdms.evaluate import Options, Tracking, evaluate_video
@@ -166,7 +167,20 @@ def batch_config(args) -> EvalConfig:
 def run_batch(cfg: EvalConfig) -> None:
     out = Path(cfg.run.out)
     check_out(out, [Path(cfg.data.root) / cfg.data.phase, *cfg.methods.values()])
-    rows, info = run(cfg)
+    world = distributed.init("cpu")  # under torchrun: each process scores its share of the videos
+    try:
+        rows, info = run(cfg, world=world)
+        scored = int(distributed.sum_floats([info["scored"]], world, "cpu")[0])  # waits for every rank
+    finally:
+        distributed.close()
+    if not world.main:
+        print(f"tdms-evaluate [rank {world.rank}/{world.size}]: {info['scored']} job(s) scored", file=sys.stderr)
+        return
+    if world.distributed:  # every rank's results, from their stored rows (failed jobs are retried here)
+        seconds = info["seconds"]
+        rows, info = run(cfg)
+        info.update(scored=scored + info["scored"], reused=info["reused"] - scored,
+                    seconds=round(seconds + info["seconds"], 3), world_size=world.size)
     methods = list(cfg.methods)
     summary = summarise(rows, methods, PROCESSED, cfg.tracking.enabled)
     title = f"{', '.join(methods)} on {cfg.data.root} ({cfg.data.phase}, flow {cfg.flow.backend}-{cfg.flow.preset})"
@@ -212,8 +226,13 @@ def main(argv=None) -> int:
                 set_threads(args.threads)
             run_single(args, Path(args.out))
             out = args.out
-        print(f"tdms-evaluate: reports in {out}")
+        if distributed.from_env().main:
+            print(f"tdms-evaluate: reports in {out}")
         return 0
     except (ValueError, FileNotFoundError) as err:
         print(f"tdms-evaluate: error: {err}", file=sys.stderr)
         return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

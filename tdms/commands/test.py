@@ -7,6 +7,7 @@ Examples:
     tdms-test --method bonneel --lambda 1.0 --input I --processed P --output O
     tdms-test --data-dir data --phase test --output outputs/tdms  # Lai et al.'s layout, datasets × tasks
     tdms-test --data-dir data --output outputs/tdms --batch-videos 8 --device cuda --dtype bf16 --channels-last
+    torchrun --nproc-per-node 8 $(which tdms-test) --data-dir data --output outputs/tdms   # videos split over GPUs
 """
 
 import argparse
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from tdms import distributed
 from tdms.api import checkpoint_path
 from tdms.batched import Target, Video, batched_frames, group_by_size, write_outputs
 from tdms.bonneel import bonneel_frames
@@ -144,13 +146,19 @@ def main(argv=None) -> int:
     if args.batch_videos > 1 and not (args.data_dir and args.method == "tdms"):
         parser().error("--batch-videos is for dataset mode (--data-dir) with --method tdms")
     try:
+        world = distributed.from_env()  # under torchrun, dataset mode splits the videos over the processes
+        if world.distributed and not args.data_dir:
+            raise ValueError("several processes (torchrun) split dataset mode's videos; one video takes one process")
         device = pick_device(args.device)
+        if device.type == "cuda" and world.distributed:
+            device = torch.device("cuda", world.local_rank)
         method, what, step = make_method(args, device)
         if args.data_dir:
-            jobs = dataset_jobs(args)
+            jobs = distributed.shard(dataset_jobs(args), world)
         else:
             jobs = [(Path(args.input), Path(args.processed), Path(args.output), Path(args.output).name)]
-        print(f"tdms-test: {what} on {device}, {len(jobs)} video(s) -> {args.output}")
+        rank = f" [rank {world.rank}/{world.size}]" if world.distributed else ""
+        print(f"tdms-test{rank}: {what} on {device}, {len(jobs)} video(s) -> {args.output}")
         if args.batch_videos > 1:
             done = run_batched(step, jobs, args, device)
         else:

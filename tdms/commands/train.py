@@ -5,11 +5,13 @@ Examples:
     tdms-train --config configs/tdms_offline.yaml train.steps=200 train.out=runs/try data.crop=96
     tdms-train --config configs/tdms_offline.yaml --resume              # continue runs/.../last.pth exactly
     tdms-train --config configs/tdms_offline.yaml --init-weights W.pth  # start from weights only
+    torchrun --nproc-per-node 8 $(which tdms-train) --config configs/paper_tdms.yaml   # DDP; train.batch is global
 """
 
 import argparse
 import sys
 
+from tdms import distributed
 from tdms.config import load_config
 from tdms.train import NonFiniteLoss, train
 
@@ -30,9 +32,13 @@ def main(argv=None) -> int:
     try:
         last = train(cfg, resume=args.resume, init_weights=args.init_weights)
     except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLoss, RuntimeError) as e:
-        print(f"tdms-train: error: {e}", file=sys.stderr)
-        return 1
-    print(f"done: {last}")
+        rank = f" [rank {distributed.from_env().rank}]" if distributed.from_env().distributed else ""
+        print(f"tdms-train{rank}: error: {e}", file=sys.stderr)
+        return 1  # under torchrun the other processes are stopped; the last checkpoint stays as it was
+    finally:
+        distributed.close()
+    if distributed.from_env().main:
+        print(f"done: {last}")
     return 0
 
 
