@@ -6,9 +6,11 @@ it finishes; a rerun with the same settings skips those. The processed videos ar
 computed once per input video in this process before the parallel work starts.
 """
 
+import hashlib
 import json
 import math
 import multiprocessing
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -125,13 +127,30 @@ def settings(cfg: EvalConfig, method: str) -> dict:
     return out
 
 
+def stamp(job: Job) -> str:
+    """A fingerprint of the job's frames (names, sizes, modification times of input, processed and results):
+    a stored result is reused only while it matches, so re-running a method rescored its videos."""
+    h = hashlib.sha1()
+    for path in dict.fromkeys((job.input, job.processed, job.results)):
+        entries = sorted(os.scandir(path), key=lambda e: e.name) if path.is_dir() else [path]
+        for e in entries:
+            st = e.stat()
+            h.update(f"{path}/{os.path.basename(e)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()
+
+
 def finished(job: Job, cfg: EvalConfig) -> dict | None:
-    """The stored result of a job if it is complete and was made with the same settings."""
+    """The stored result of a job if it is complete, was made with the same settings and its frames are unchanged."""
     try:
         row = json.loads(job.out.read_text())
     except (FileNotFoundError, ValueError):
         return None
-    return row if row.get("status") == "ok" and row.get("settings") == settings(cfg, job.method) else None
+    if row.get("status") != "ok" or row.get("settings") != settings(cfg, job.method):
+        return None
+    try:
+        return row if row.get("stamp") == stamp(job) else None
+    except OSError:  # a folder went away since
+        return None
 
 
 def open_cache(cfg: EvalConfig) -> FlowCache:
@@ -196,6 +215,7 @@ def score(job: Job) -> dict:
         options = Options(lpips=_STATE["lpips"], lpips_note=_STATE["lpips_note"], resize=cfg.run.resize,
                           tracking=None if is_processed else tracking_spec(cfg, job), processed_error=False)
         try:
+            row["stamp"] = stamp(job)  # before reading: a folder rewritten meanwhile is rescored next time
             metrics = evaluate_video(_STATE["cache"], job.input, job.results, None if is_processed else job.processed,
                                      options, progress=False)
             row.update(status="ok", **metrics)

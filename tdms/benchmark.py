@@ -67,8 +67,10 @@ def conv_macs(model: nn.Module, h: int, w: int) -> int:
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
             m.register_forward_hook(hook)
     x = torch.zeros(1, 3, h, w, device="meta")
+    # a flow prior (DIS) is not a convolution and cannot run on meta tensors: a given zero prior skips it
+    prior = {"prior": torch.zeros(1, 2, h, w, device="meta")} if getattr(model, "flow_prior", False) else {}
     with torch.inference_mode():
-        meta(x, x, x, x)
+        meta(x, x, x, x, **prior)
     return total
 
 

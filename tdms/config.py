@@ -116,6 +116,11 @@ def _merge(obj, values: dict, where: str):
         want = type(current)
         if want is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if want is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if not isinstance(value, want) or (want is int and isinstance(value, bool)):
             raise ValueError(f"config key {path!r} wants {want.__name__}, got {value!r}")
         setattr(obj, key, value)

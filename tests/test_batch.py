@@ -83,6 +83,12 @@ def test_config_run_tables_pictures_and_resume(lai_root, tmp_path, capsys):
     assert "4 video(s) scored, 2 reused" in capsys.readouterr().err
     assert json.loads((out / "calm" / "videos" / TASK / DATASET / "v0.json").read_text())["tracking"][
         "tracker"] == "kcf"
+    # a method's frames rewritten (e.g. tdms-test --redo with new weights): that video is rescored, not reused
+    same_v0 = tmp_path / "out" / "same" / TASK / DATASET / "v0"
+    first = list_frames(same_v0)[0]
+    first.write_bytes(list_frames(tmp_path / "out" / "calm" / TASK / DATASET / "v0")[0].read_bytes())
+    assert main(["--config", str(config), "--tracker", "kcf"]) == 0
+    assert "1 video(s) scored, 5 reused" in capsys.readouterr().err
 
 
 def test_cli_results_parallel_jobs_and_resize(lai_root, tmp_path, capsys):

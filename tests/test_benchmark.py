@@ -80,6 +80,10 @@ def test_conv_macs_counts_each_tap():
     assert conv_macs(Two(), 8, 8) == 6 * 6 * 5 * 3 * 9 + 6 * 6 * 5 * 2 * 9
     net = TDMSNet(nf=8)
     assert conv_macs(net, 32, 40) == 4 * conv_macs(net, 16, 20)  # every layer scales with the pixels
+    from tdms.flow.dis import DISFlow
+
+    with_prior = TDMSNet(nf=8, prior_flow=DISFlow("fast"))  # the same convolutions; DIS is not counted
+    assert conv_macs(with_prior, 32, 40) == conv_macs(net, 32, 40)
 
 
 def test_peak_matmul_is_measured():

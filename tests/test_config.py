@@ -36,3 +36,12 @@ def test_bad_override():
 def test_round_trip_dict():
     d = to_dict(load_config(None, ["data.root=/x"]))
     assert d["data"]["root"] == "/x" and d["model"]["nf"] == 32
+
+
+def test_exponent_without_a_dot_is_a_float(tmp_path):
+    # YAML 1.1 reads 1e-4 as a string; a float field takes it as the number it means
+    (tmp_path / "c.yaml").write_text("optim:\n  lr: 3e-4\n")
+    cfg = load_config(tmp_path / "c.yaml", ["optim.lr_min=1e-6"])
+    assert cfg.optim.lr == 3e-4 and cfg.optim.lr_min == 1e-6
+    with pytest.raises(ValueError, match="optim.lr' wants float, got 'fast'"):
+        load_config(None, ["optim.lr=fast"])
