@@ -129,7 +129,7 @@ def settings(cfg: EvalConfig, method: str) -> dict:
 
 def stamp(job: Job) -> str:
     """A fingerprint of the job's frames (names, sizes, modification times of input, processed and results):
-    a stored result is reused only while it matches, so re-running a method rescored its videos."""
+    a stored result is reused only while it matches, so re-running a method rescores its videos."""
     h = hashlib.sha1()
     for path in dict.fromkeys((job.input, job.processed, job.results)):
         entries = sorted(os.scandir(path), key=lambda e: e.name) if path.is_dir() else [path]

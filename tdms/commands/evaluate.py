@@ -213,6 +213,8 @@ def main(argv=None) -> int:
         p.error("one video takes one --results folder")
     if batch and (args.processed or args.box or args.annotations or args.object_id is not None):
         p.error("--processed, --box, --annotations and --object-id are for one video")
+    if not batch and distributed.from_env().distributed:
+        p.error("several processes (torchrun) split batch mode's videos; one video takes one process")
     try:
         if batch:
             try:
