@@ -58,6 +58,7 @@ class LossConfig:
     mask: float = 1.0
     mask_target: str = "flow_star"  # flow_star: V of F* (the paper); own_flow: V of the net's own flow (detached)
     mask_scale: float = 1.0  # κ: the mask target is κ·V (the paper: 1); below 1 it sets how much of O_{t-1} is kept
+    mask_norm: str = "l1"  # l1 (the paper; learns the median of κ·V) | l2 (learns its mean: occlusion-aware)
     alpha: float = 50.0  # visibility mask sharpness
     squared_norm: bool = False  # False: original (sum channels, then square); True: the paper's squared norm
     vgg_weights: str = ""  # a torchvision vgg16 state dict; default: torchvision's cache

@@ -29,9 +29,16 @@ def flow_loss(pred_flow, target_flow):
     return F.l1_loss(pred_flow, target_flow)
 
 
-def mask_loss(mask, visibility):
-    """The 3-channel mask is supervised by the 1-channel visibility (broadcast)."""
-    return F.l1_loss(mask, visibility.expand_as(mask))
+def mask_loss(mask, visibility, norm: str = "l1"):
+    """The 3-channel mask is supervised by the 1-channel visibility (broadcast).
+
+    l1 (the paper) is minimised by the median of the target given the inputs: where most pixels are visible
+    that is a constant. l2 is minimised by its mean, so occlusions pull the mask down where they are likely.
+    """
+    target = visibility.expand_as(mask)
+    if norm == "l2":
+        return F.mse_loss(mask, target)
+    return F.l1_loss(mask, target)
 
 
 def perceptual_loss(vgg: "VGGFeatures", output, processed):

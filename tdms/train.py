@@ -153,7 +153,7 @@ def step_losses(out: dict, f: dict, w, aux: Aux, long=None) -> dict:
         target = f["vis"]
         if w.mask_target == "own_flow":  # where the net's own (detached) flow really aligns the frames
             target = visibility_mask(f["i_t"], warp(f["i_prev"], out["flow"].detach()), w.alpha, w.squared_norm)
-        terms["mask"] = L.mask_loss(out["mask"], w.mask_scale * target)
+        terms["mask"] = L.mask_loss(out["mask"], w.mask_scale * target, w.mask_norm)
     if w.perceptual > 0:
         terms["perceptual"] = L.perceptual_loss(aux.vgg, o_t, f["p_t"]).float()
     if long is not None:
@@ -175,6 +175,8 @@ def clip_losses(model, batch: dict, cfg: Config, aux: Aux | None = None) -> tupl
         raise ValueError(f"loss.mask_target must be flow_star or own_flow, got {w.mask_target!r}")
     if not 0 < w.mask_scale <= 1:
         raise ValueError(f"loss.mask_scale must be in (0, 1], got {w.mask_scale}")
+    if w.mask_norm not in ("l1", "l2"):
+        raise ValueError(f"loss.mask_norm must be l1 or l2, got {w.mask_norm!r}")
     ins, ps, flows = batch["input"], batch["processed"], batch["flow"]
     steps = ins.shape[1] - 1
     o_prev = o_first = ps[:, 0]

@@ -370,11 +370,31 @@ def test_mask_scale_scales_the_target_and_is_checked(lai_root, tmp_path):
     frames = {"i_prev": x[0], "i_t": x[1], "o_prev": x[2], "o_first": x[2], "p_t": x[2],
               "f_star": torch.zeros(1, 2, 16, 16), "vis": vis}
     assert torch.allclose(step_losses(out, frames, cfg.loss, None)["mask"], (out["mask"] - 0.65 * vis).abs().mean())
-    cfg.loss.mask_scale = 1.5
+    cfg.loss.mask_norm = "l2"
+    assert torch.allclose(step_losses(out, frames, cfg.loss, None)["mask"], ((out["mask"] - 0.65 * vis) ** 2).mean())
     batch = {"input": torch.rand(1, 3, 3, 16, 16), "processed": torch.rand(1, 3, 3, 16, 16),
              "flow": torch.zeros(1, 2, 2, 16, 16), "name": "x"}
+    cfg.loss.mask_scale = 1.5
     with pytest.raises(ValueError, match="mask_scale"):
         clip_losses(model, batch, cfg)
+    cfg.loss.mask_scale, cfg.loss.mask_norm = 0.65, "l3"
+    with pytest.raises(ValueError, match="mask_norm must be l1 or l2"):
+        clip_losses(model, batch, cfg)
+
+
+def test_l1_mask_loss_learns_the_median_and_l2_the_mean():
+    from tdms.losses import mask_loss
+
+    # one free mask value against a target that is 1 at 70 % of the pixels and 0 elsewhere
+    target = (torch.arange(100.0) < 70).float().view(1, 1, 10, 10)
+    for norm, expected in (("l1", 1.0), ("l2", 0.7)):
+        m = torch.full((1, 1, 1, 1), 0.5, requires_grad=True)
+        opt = torch.optim.SGD([m], lr=0.05)
+        for _ in range(400):
+            opt.zero_grad()
+            mask_loss(m.expand(1, 3, 10, 10), target, norm).backward()
+            opt.step()
+        assert abs(m.item() - expected) < 0.02, (norm, m.item())
 
 
 def test_flow_prior_trains_on_the_cached_flow_and_must_match_it(lai_root, tmp_path, monkeypatch):

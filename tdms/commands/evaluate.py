@@ -171,6 +171,7 @@ def run_batch(cfg: EvalConfig) -> None:
     try:
         rows, info = run(cfg, world=world)
         scored = int(distributed.sum_floats([info["scored"]], world, "cpu")[0])  # waits for every rank
+        distributed.barrier(world)  # and once more, so that no rank tears gloo down while a peer still talks
     finally:
         distributed.close()
     if not world.main:
