@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-# Rank 0 fills the flow cache alone before the others read it; network flows on a big dataset can take long.
+# The ranks fill the flow cache (each its share) before a barrier; network flows on a big dataset take long.
 TIMEOUT = datetime.timedelta(hours=2)
 
 
