@@ -264,9 +264,9 @@ def run(cfg: EvalConfig, progress: bool = True, world: distributed.World = distr
     start, jobs = time.time(), plan(cfg)
     done = {k: row for k, job in enumerate(jobs) if (row := finished(job, cfg)) is not None}
     todo = share([k for k in range(len(jobs)) if k not in done], jobs, world)
+    info = {"jobs": len(jobs), "reused": len(done), "scored": len(todo)}  # reused: over all ranks
     if world.distributed:
         done = {}  # this rank's rows only
-    info = {"jobs": len(jobs), "reused": len(done), "scored": len(todo)}
     if todo:
         if cfg.run.threads:
             set_threads(cfg.run.threads)

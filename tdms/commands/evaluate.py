@@ -178,10 +178,10 @@ def run_batch(cfg: EvalConfig) -> None:
         print(f"tdms-evaluate [rank {world.rank}/{world.size}]: {info['scored']} job(s) scored", file=sys.stderr)
         return
     if world.distributed:  # every rank's results, from their stored rows (failed jobs are retried here)
-        seconds = info["seconds"]
+        reused, seconds = info["reused"], info["seconds"]
         rows, info = run(cfg)
-        info.update(scored=scored + info["scored"], reused=info["reused"] - scored,
-                    seconds=round(seconds + info["seconds"], 3), world_size=world.size)
+        info.update(scored=scored + info["scored"], reused=reused, seconds=round(seconds + info["seconds"], 3),
+                    world_size=world.size)
     methods = list(cfg.methods)
     summary = summarise(rows, methods, PROCESSED, cfg.tracking.enabled)
     title = f"{', '.join(methods)} on {cfg.data.root} ({cfg.data.phase}, flow {cfg.flow.backend}-{cfg.flow.preset})"
@@ -214,7 +214,11 @@ def main(argv=None) -> int:
         p.error("one video takes one --results folder")
     if batch and (args.processed or args.box or args.annotations or args.object_id is not None):
         p.error("--processed, --box, --annotations and --object-id are for one video")
-    if not batch and distributed.from_env().distributed:
+    try:
+        world = distributed.from_env()
+    except ValueError as err:
+        p.error(str(err))
+    if not batch and world.distributed:
         p.error("several processes (torchrun) split batch mode's videos; one video takes one process")
     try:
         if batch:
@@ -229,7 +233,7 @@ def main(argv=None) -> int:
                 set_threads(args.threads)
             run_single(args, Path(args.out))
             out = args.out
-        if distributed.from_env().main:
+        if world.main:
             print(f"tdms-evaluate: reports in {out}")
         return 0
     except (ValueError, FileNotFoundError) as err:

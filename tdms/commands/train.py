@@ -27,17 +27,18 @@ def main(argv=None) -> int:
         p.error("--resume and --init-weights are different things; give one")
     try:
         cfg = load_config(args.config, args.overrides)
+        world = distributed.from_env()
     except (ValueError, FileNotFoundError) as e:
         p.error(str(e))
     try:
         last = train(cfg, resume=args.resume, init_weights=args.init_weights)
     except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLoss, RuntimeError) as e:
-        rank = f" [rank {distributed.from_env().rank}]" if distributed.from_env().distributed else ""
+        rank = f" [rank {world.rank}]" if world.distributed else ""
         print(f"tdms-train{rank}: error: {e}", file=sys.stderr)
         return 1  # under torchrun the other processes are stopped; the last checkpoint stays as it was
     finally:
         distributed.close()
-    if distributed.from_env().main:
+    if world.main:
         print(f"done: {last}")
     return 0
 
