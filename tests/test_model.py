@@ -1,9 +1,10 @@
 import pytest
 import torch
-
 from tdms.checkpoint import atomic_save, export_weights, load_model, training_state
 from tdms.config import Config
-from tdms.model import TDMSNet, count_parameters
+import torch.nn.functional as F
+
+from tdms.model import ConvLayer, TDMSNet, UpsampleConvLayer, count_parameters
 from tdms.warp import warp
 
 
@@ -226,3 +227,46 @@ def test_flow_prior_in_bf16_keeps_the_flow_in_fp32():
         ref = model(i_prev, i_t, o_prev, p_t)["output"]
         out, _ = make_step(model, "cpu", "bf16")(i_prev, i_t, o_prev, p_t)
     assert out.dtype == torch.float32 and (out - ref).abs().mean() < 5e-3
+
+
+@pytest.mark.parametrize("norm", ["none", "instance"])
+def test_upsample_conv_by_phases_is_upsample_then_reflect_conv(norm):
+    """The layer runs at the input's resolution; its outputs and gradients are DESIGN's upsample-pad-conv."""
+    torch.manual_seed(0)
+    layer = UpsampleConvLayer(5, 4, 3, 1, norm).double()
+    x = torch.randn(2, 5, 5, 7, dtype=torch.float64, requires_grad=True)  # odd sizes: every border case
+    params = [x, *layer.parameters()]
+
+    def reference(x):
+        y = layer.conv2d(F.pad(F.interpolate(x, scale_factor=2, mode="nearest"), (1, 1, 1, 1), mode="reflect"))
+        return layer.norm_layer(y) if norm == "instance" else y
+
+    out, ref = layer(x), reference(x)
+    assert out.shape == (2, 4, 10, 14)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, params, g), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
+    with pytest.raises(ValueError, match="3×3, stride 1"):
+        UpsampleConvLayer(5, 4, 5)
+
+
+def test_upsample_conv_keeps_channels_last_and_bf16():
+    torch.manual_seed(0)
+    layer = UpsampleConvLayer(8, 4, 3).to(memory_format=torch.channels_last)
+    x = torch.randn(1, 8, 6, 10).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out.float(), layer(x), rtol=0.05, atol=0.05)
+
+
+def test_padding_runs_in_the_activations_dtype_under_cpu_autocast():
+    """CPU autocast would pad in fp32 (a cast each way); the layers pad bf16 activations as bf16."""
+    layer = ConvLayer(4, 4, 3)
+    seen = []
+    layer.pad.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(torch.randn(1, 4, 8, 8).bfloat16())
+        layer(torch.randn(1, 4, 8, 8))  # an fp32 input (the frames) is padded as fp32, then cast by the conv
+    assert seen == [torch.bfloat16, torch.float32]
