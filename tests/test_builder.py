@@ -209,8 +209,12 @@ def test_build_refuses_foreign_or_mismatched_folders(tmp_path):
     (repo_like / "lists").mkdir(parents=True)
     (repo_like / "README.md").write_text("doc")
     (repo_like / "lists" / "real_test.txt").write_text("old\n")
+    (repo_like / "demo").mkdir()  # what `make demo` leaves there: a folder this builder owns
+    (repo_like / "demo" / MARKER).write_text("{}")
+    (repo_like / "demo" / "README.txt").write_text("demo")
     build(repo_like, small)
     assert (repo_like / "README.md").read_text() == "doc"
+    assert (repo_like / "demo" / "README.txt").read_text() == "demo"
     assert (repo_like / "lists" / "real_test.txt").read_text() == "bikes_0\n"
 
 

@@ -130,8 +130,9 @@ def _list_files(settings: Settings) -> set[str]:
 def _owned(out: Path, settings: dict, list_names: set[str], force: bool) -> None:
     """Make out ours to write: create it, or check its marker, or refuse; then write the marker.
 
-    A folder without a marker is accepted only if it holds nothing but README.md and lists/ with list files
-    this build writes anyway (the repository's data/ folder); anything else is user data and is refused.
+    A folder without a marker is accepted only if it holds nothing but README.md, lists/ with list files this
+    build writes anyway, and folders this builder owns (the repository's data/ folder after `make demo`, which
+    writes data/demo); anything else is user data and is refused.
     """
     marker = out / MARKER
     if marker.is_file():
@@ -152,7 +153,8 @@ def _owned(out: Path, settings: dict, list_names: set[str], force: bool) -> None
     elif out.exists():
         if not out.is_dir():
             raise ValueError(f"{out} is a file, not a folder")
-        extra = [p.name for p in out.iterdir() if p.name not in ("README.md", "lists")]
+        extra = [p.name for p in out.iterdir()
+                 if p.name not in ("README.md", "lists") and not (p.is_dir() and (p / MARKER).is_file())]
         lists = out / "lists"
         if lists.is_dir():
             extra += [f"lists/{p.name}" for p in lists.iterdir() if p.name not in list_names]
