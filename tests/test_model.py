@@ -1,9 +1,9 @@
 import pytest
 import torch
-from tdms.checkpoint import atomic_save, export_weights, load_model, training_state
-from tdms.config import Config
 import torch.nn.functional as F
 
+from tdms.checkpoint import atomic_save, export_weights, load_model, training_state
+from tdms.config import Config
 from tdms.model import ConvLayer, TDMSNet, UpsampleConvLayer, count_parameters
 from tdms.warp import warp
 

@@ -85,11 +85,13 @@ def table(r: dict) -> str:
     if "train_steps_per_s_cached" in r:
         lines.append(f"training at crop {r['train_crop']}, batch {r['train_batch']}, {r['train_sample_frames']} "
                      f"frames, {r['train_amp']}{' NHWC' if r['train_channels_last'] else ''}, "
-                     f"{r['train_workers']} loader workers, flow {r['train_flow']}: cached "
-                     f"{r['train_steps_per_s_cached']:.3f} steps/s ({r['train_samples_per_s_cached']:.3f} samples/s), "
-                     f"on the fly {r['train_steps_per_s_on_the_fly']:.3f} steps/s (flow {r['train_flow_s_per_step']:.3f}"
-                     f" s a step), ratio {r['train_cached_over_on_the_fly']:.2f}, peak memory "
-                     f"{r['train_peak_memory_mb']:.0f} MB")
+                     f"{r['train_workers']} loader workers, flow {r['train_flow']}: "
+                     f"cached {r['train_steps_per_s_cached']:.3f} steps/s "
+                     f"({r['train_samples_per_s_cached']:.3f} samples/s), "
+                     f"on the fly {r['train_steps_per_s_on_the_fly']:.3f} steps/s "
+                     f"(flow {r['train_flow_s_per_step']:.3f} s a step), "
+                     f"ratio {r['train_cached_over_on_the_fly']:.2f}, "
+                     f"peak memory {r['train_peak_memory_mb']:.0f} MB")
     for t in r["targets"]:
         lines.append(f"target {t['key']} >= {t['goal']}: {t['value']:.2f} {'met' if t['met'] else 'NOT met'}")
     return "\n".join(lines)
