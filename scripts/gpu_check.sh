@@ -29,6 +29,6 @@ weights=/tmp/tdms-flownet2-random.pth
 $py -c "import torch; from tdms.flow.flownet2_net import FlowNet2; torch.manual_seed(0); \
 torch.save({'epoch': 0, 'state_dict': FlowNet2().state_dict(), 'best_EPE': 1e10}, '$weights')" || exit 1
 $py scripts/benchmark.py --device cuda --train-steps 10 --train-flow flownet2 --train-flow-checkpoint "$weights" \
-    --json "$out/benchmark.json" 2>&1 | tee "$out/benchmark.txt"
+    --json "$out/benchmark.json" --plot "$out/benchmark.png" 2>&1 | tee "$out/benchmark.txt"
 $py scripts/benchmark.py --device cuda --sizes 854x480 --dtype bf16 --compile --train-steps 0 \
     --json "$out/benchmark_compile.json" 2>&1 | tee "$out/benchmark_compile.txt"

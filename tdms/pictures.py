@@ -1,6 +1,5 @@
 """Pictures of a batch evaluation: warping error over time per video, D_t bars per task, comparison videos."""
 
-import io
 import re
 from pathlib import Path
 
@@ -8,8 +7,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from tdms.io import write_bytes_atomic
-from tdms.viz import plot_series, side_by_side
+from tdms.viz import plot_series, save_png, side_by_side
 
 
 def slug(text: str) -> str:
@@ -49,10 +47,28 @@ def bar_chart(values: dict, out_png: Path, title: str, ylabel: str) -> None:
     ax.set_xticks(np.arange(len(names)), names)
     ax.set(title=title, ylabel=ylabel)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    write_bytes_atomic(out_png, buf.getvalue())
+    save_png(fig, out_png)
+
+
+def grouped_bars(groups: dict, out_png: Path, title: str, ylabel: str) -> None:
+    """Bars {group: {series: value}}: one cluster per group, one colour per series, each bar labelled."""
+    series = list(dict.fromkeys(name for values in groups.values() for name in values))
+    if not series:
+        raise ValueError(f"{out_png}: nothing to plot")
+    fig = Figure(figsize=(max(5.0, 1.1 * len(groups) * max(1, len(series)) ** 0.5), 4.0), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    width = 0.8 / len(series)
+    for k, name in enumerate(series):
+        xs = [g + (k - (len(series) - 1) / 2) * width for g, values in enumerate(groups.values()) if name in values]
+        heights = [values[name] for values in groups.values() if name in values]
+        bars = ax.bar(xs, heights, width, label=name, color=f"C{k}")
+        ax.bar_label(bars, fmt="%.3g", fontsize=7)
+    ax.set_xticks(np.arange(len(groups)), list(groups), fontsize=8)
+    ax.set(title=title, ylabel=ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    save_png(fig, out_png)
 
 
 def task_bars(table: list[dict], methods: list[str], out: Path, metric: str = "D_t") -> list[Path]:

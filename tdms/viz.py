@@ -82,6 +82,11 @@ def plot_series(series: dict, out_png, title: str, ylabel: str, xlabel: str = "f
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # frames are whole numbers
     ax.grid(alpha=0.3)
     ax.legend()
+    save_png(fig, out_png)
+
+
+def save_png(fig: Figure, out_png) -> None:
+    """Lay the figure out and write it as a PNG, atomically."""
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

@@ -31,7 +31,7 @@ def positive(x) -> bool:
 def test_json_has_every_key_with_sane_values(tmp_path, capsys):
     out = tmp_path / "b.json"
     assert main(["--sizes", "44x36", "32x24", "--frames", "1", "--batch-videos", "2", "--train-steps", "1",
-                 "--train-crop", "32", "--device", "cpu", "--json", str(out)]) == 0
+                 "--train-crop", "32", "--device", "cpu", "--json", str(out), "--plot", str(tmp_path / "b.png")]) == 0
     r = json.loads(out.read_text())
     assert [(s["width"], s["height"]) for s in r["sizes"]] == [(44, 36), (32, 24)]
     for s in r["sizes"]:
@@ -62,6 +62,8 @@ def test_json_has_every_key_with_sane_values(tmp_path, capsys):
     assert r["train_flow_s_per_step"] < 1 / r["train_steps_per_s_on_the_fly"]
     assert {t["key"] for t in r["targets"]} == {"end_to_end_over_forward", "end_to_end_over_naive",
                                                 "fp32_fraction_of_peak", "train_cached_over_on_the_fly"}
+    picture = cv2.imread(str(tmp_path / "b.png"))
+    assert picture is not None and picture.shape[0] >= 300 and picture.std() > 0  # a drawn chart, not a blank
     table = capsys.readouterr().out
     assert "44×36" in table and "naive (fp32 NCHW, JPEG each step)" in table and "cached" in table
 

@@ -1,11 +1,12 @@
-"""Measure TDMS-Net's speed on this machine in one run: prints a table, optionally writes JSON (tdms/benchmark.py).
+"""Measure TDMS-Net's speed on this machine in one run: prints a table, optionally writes JSON and a bar chart
+(tdms/benchmark.py).
 
 Examples:
-    python scripts/benchmark.py --json demo_out/benchmark.json          # 854×480 and 1280×720, CPU or the GPU
+    python scripts/benchmark.py --json demo_out/benchmark.json --plot demo_out/benchmark.png   # 854×480, 1280×720
     python scripts/benchmark.py --sizes 854x480 --frames 2 --train-steps 0   # a quick look
     python scripts/benchmark.py --device cuda --dtype bf16 --batch-videos 16 --frames 200 --compile
 
-The default run times 4 frames per figure on CPU (100 on CUDA) and 2 training steps: about 3-4 minutes on
+The default run times 4 frames per figure on CPU (100 on CUDA) and 2 training steps: about 6 minutes on
 2 CPU cores.
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 
 from tdms.benchmark import run
+from tdms.pictures import grouped_bars
 from tdms.runner import AMP
 from tdms.train import pick_device
 
@@ -54,6 +56,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--train-flow-checkpoint", default="",
                    help="weights of a network --train-flow (default: torch's hub cache)")
     p.add_argument("--json", help="also write the figures here")
+    p.add_argument("--plot", help="also draw the frames/s as bars per size into this PNG")
     return p
 
 
@@ -97,6 +100,17 @@ def table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def plot(r: dict, out_png: Path) -> None:
+    """Frames/s of every inference figure, a cluster each, one bar per frame size."""
+    first = r["sizes"][0]
+    names = {f"forward\n{v}": ("forward_variants", v) for v in first["forward_variants"]}
+    names.update({"test.py\nend-to-end": "end_to_end_fps", "naive\n(fp32, JPEG)": "naive_fps",
+                  f"{r['batched_videos']} videos\nbatched": "batched_fps"})
+    groups = {label: {f"{s['width']}×{s['height']}": s[key[0]][key[1]] if isinstance(key, tuple) else s[key]
+                      for s in r["sizes"]} for label, key in names.items()}
+    grouped_bars(groups, out_png, f"TDMS-Net on {r['device']}, torch {r['torch']}", "frames/s")
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -115,6 +129,8 @@ def main(argv=None) -> int:
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(r, indent=1))
+        if args.plot:
+            plot(r, Path(args.plot))
         return 0
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"benchmark: error: {e}", file=sys.stderr)
