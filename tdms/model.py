@@ -79,7 +79,9 @@ class UpsampleConvLayer(ConvLayer):
         with own_dtype(x):  # the weights combined in fp32, the padding in x's dtype
             taps = weight.new_tensor(PHASE_TAPS)
             phased = torch.einsum("ayk,oikl,bxl->aboiyx", taps, weight, taps).flatten(0, 2)  # (4·cout, cin, 2, 2)
-            x = nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")
+            # replicate padding by 1, as edge copies: inductor's replication_pad2d_backward mislays channels_last
+            x = torch.cat((x[:, :, :1], x, x[:, :, -1:]), 2)
+            x = torch.cat((x[..., :1], x, x[..., -1:]), 3)
         y = nn.functional.conv2d(x, phased, bias.repeat(4))  # (B, 4·cout, h+1, w+1), phase-major
         cout = weight.shape[0]
         fmt = torch.channels_last if y.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format

@@ -270,3 +270,17 @@ def test_padding_runs_in_the_activations_dtype_under_cpu_autocast():
         layer(torch.randn(1, 4, 8, 8).bfloat16())
         layer(torch.randn(1, 4, 8, 8))  # an fp32 input (the frames) is padded as fp32, then cast by the conv
     assert seen == [torch.bfloat16, torch.float32]
+
+
+def test_upsample_conv_trains_under_inductor_in_channels_last():
+    """torch.compile (inductor) of the layer's forward and backward in NHWC: its padding once used an op whose
+    compiled backward mislaid channels_last strides and failed."""
+    torch.manual_seed(0)
+    layer = UpsampleConvLayer(8, 4, 3).to(memory_format=torch.channels_last)
+    x = torch.rand(1, 8, 6, 10).contiguous(memory_format=torch.channels_last).requires_grad_()
+    got = torch.compile(layer)(x)
+    want = layer(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(want)
+    torch.testing.assert_close(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0],
+                               rtol=1e-5, atol=1e-5)
