@@ -72,12 +72,15 @@ class UpsampleConvLayer(ConvLayer):
         if (k, stride) != (3, 1):
             raise ValueError(f"UpsampleConvLayer is 3×3, stride 1; got kernel {k}, stride {stride}")
         super().__init__(cin, cout, k, stride, norm, dead_norm)
+        # a buffer, not made per call: a host-to-device copy inside a forward would break CUDA graph capture;
+        # not persistent, so the state dict keeps the released names only
+        self.register_buffer("taps", torch.tensor(PHASE_TAPS), persistent=False)
 
     def forward(self, x):
         n, _, h, w = x.shape
         weight, bias = self.conv2d.weight, self.conv2d.bias
         with own_dtype(x):  # the weights combined in fp32, the padding in x's dtype
-            taps = weight.new_tensor(PHASE_TAPS)
+            taps = self.taps.to(weight.dtype)
             phased = torch.einsum("ayk,oikl,bxl->aboiyx", taps, weight, taps).flatten(0, 2)  # (4·cout, cin, 2, 2)
             # replicate padding by 1, as edge copies: inductor's replication_pad2d_backward mislays channels_last
             x = torch.cat((x[:, :, :1], x, x[:, :, -1:]), 2)
