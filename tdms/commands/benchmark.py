@@ -132,7 +132,7 @@ def main(argv=None) -> int:
         if args.plot:
             plot(r, Path(args.plot))
         return 0
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:  # OSError: the JSON or PNG path cannot be written
         print(f"benchmark: error: {e}", file=sys.stderr)
         return 1
 
