@@ -24,7 +24,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 $py -c "import torch; assert torch.cuda.is_available(), 'torch sees no GPU'; \
 print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" \
     | tee "$out/device.txt" || exit 1
-$py -m pytest -q -rs -p no:cacheprovider --ignore tests/test_builder.py tests 2>&1 | tee "$out/tests.txt"
+$py -m pytest -rs -p no:cacheprovider --ignore tests/test_builder.py tests 2>&1 | tee "$out/tests.txt"
 weights=/tmp/tdms-flownet2-random.pth
 $py -c "import torch; from tdms.flow.flownet2_net import FlowNet2; torch.manual_seed(0); \
 torch.save({'epoch': 0, 'state_dict': FlowNet2().state_dict(), 'best_EPE': 1e10}, '$weights')" || exit 1
