@@ -102,12 +102,15 @@ def table(r: dict) -> str:
 
 def plot(r: dict, out_png: Path) -> None:
     """Frames/s of every inference figure, a cluster each, one bar per frame size."""
-    first = r["sizes"][0]
-    names = {f"forward\n{v}": ("forward_variants", v) for v in first["forward_variants"]}
-    names.update({"test.py\nend-to-end": "end_to_end_fps", "naive\n(fp32, JPEG)": "naive_fps",
-                  f"{r['batched_videos']} videos\nbatched": "batched_fps"})
-    groups = {label: {f"{s['width']}×{s['height']}": s[key[0]][key[1]] if isinstance(key, tuple) else s[key]
-                      for s in r["sizes"]} for label, key in names.items()}
+    sizes = r["sizes"]
+
+    def per_size(value) -> dict:
+        return {f"{s['width']}×{s['height']}": value(s) for s in sizes}
+
+    groups = {f"forward\n{v}": per_size(lambda s, v=v: s["forward_variants"][v]) for v in sizes[0]["forward_variants"]}
+    for label, key in (("test.py\nend-to-end", "end_to_end_fps"), ("naive\n(fp32, JPEG)", "naive_fps"),
+                       (f"{r['batched_videos']} videos\nbatched", "batched_fps")):
+        groups[label] = per_size(lambda s, key=key: s[key])
     grouped_bars(groups, out_png, f"TDMS-Net on {r['device']}, torch {r['torch']}", "frames/s")
 
 
