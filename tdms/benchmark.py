@@ -249,7 +249,7 @@ class PlaceholderFlows:
     def __init__(self, cache: FlowCache):
         self.cache = cache
 
-    def pair(self, video, t: int):
+    def pair(self, video, t: int, gap: int = 1):
         z = torch.zeros(2, *self.cache.source(video).size)
         return z, z, None
 

@@ -35,6 +35,7 @@ class DataConfig:
     scale_min: float = 0.5
     scale_max: float = 2.0
     augment: bool = True
+    frame_gap: int = 1  # > 1: a clip takes every k-th frame, k uniform in 1..frame_gap (larger motion; augment only)
     workers: int = 2
     flow_cache: str = ""  # default: <root>/cache/flow
 
@@ -59,6 +60,7 @@ class LossConfig:
     mask_target: str = "flow_star"  # flow_star: V of F* (the paper); own_flow: V of the net's own flow (detached)
     mask_scale: float = 1.0  # κ: the mask target is κ·V (the paper: 1); below 1 it sets how much of O_{t-1} is kept
     mask_norm: str = "l1"  # l1 (the paper; learns the median of κ·V) | l2 (learns its mean: occlusion-aware)
+    mask_balance: float = 0.0  # > 0: pixels with V below it count as occluded and weigh as much as the rest (0 = off)
     alpha: float = 50.0  # visibility mask sharpness
     squared_norm: bool = False  # False: original (sum channels, then square); True: the paper's squared norm
     vgg_weights: str = ""  # a torchvision vgg16 state dict; default: torchvision's cache
@@ -82,7 +84,7 @@ class TrainConfig:
     batch: int = 2
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    log_every: int = 20
+    log_every: int = 20  # these three: every that many steps, 0 = off (a log and a checkpoint still end the run)
     image_every: int = 500
     ckpt_every: int = 500
     threads: int = 0  # torch CPU threads, 0 = torch's default

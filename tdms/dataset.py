@@ -97,15 +97,22 @@ class ClipDataset(Dataset):
 
     def __init__(self, clips: list[Clip], cache: FlowCache, sample_frames: int, crop: int,
                  scale_min: float = 0.5, scale_max: float = 2.0, augment: bool = True, seed: int = 0,
-                 length: int = 10**9):
+                 length: int = 10**9, frame_gap: int = 1):
         short = [c for c in clips if c.frames < sample_frames]
         if short:
             c = short[0]
             raise ValueError(f"{c.input_dir}: {c.frames} frames, fewer than sample_frames={sample_frames}")
+        if frame_gap < 1:
+            raise ValueError(f"data.frame_gap must be >= 1, got {frame_gap}")
         self.clips, self.cache = clips, cache
         self.s, self.crop = sample_frames, crop
         self.scale_min, self.scale_max, self.augment = scale_min, scale_max, augment
         self.seed, self.length = seed, length
+        self.frame_gap = frame_gap if augment else 1
+
+    def gaps(self) -> range:
+        """The frame gaps a clip may be drawn with: the flow cache needs their pairs."""
+        return range(1, self.frame_gap + 1)
 
     def __len__(self):
         return self.length
@@ -121,17 +128,20 @@ class ClipDataset(Dataset):
     def __getitem__(self, k: int) -> dict:
         rng = np.random.default_rng([self.seed, k])
         clip = self.clips[rng.integers(len(self.clips))]
-        t0 = int(rng.integers(clip.frames - self.s + 1))
+        gap = 1
+        if self.frame_gap > 1:  # drawn only then: the default's samples stay those of earlier versions
+            gap = int(rng.integers(1, min(self.frame_gap, (clip.frames - 1) // max(self.s - 1, 1)) + 1))
+        t0 = int(rng.integers(clip.frames - (self.s - 1) * gap))
         reverse = self.augment and rng.random() < 0.5
         transpose, hflip, vflip = (rng.random(3) < 0.5) if self.augment else (False, False, False)
 
-        idx = list(range(t0, t0 + self.s))
+        idx = list(range(t0, t0 + (self.s - 1) * gap + 1, gap))
         ins = [read_frame(clip.input_files[i]) for i in idx]
         ps = [read_frame(clip.processed_files[i]) for i in idx]
         # F*_t = flow(frame t -> frame t-1) in the order the clip is played
         flows = []
         for i in idx[:-1]:
-            fw, bw, _ = self.cache.pair(clip.input_dir, i)
+            fw, bw, _ = self.cache.pair(clip.input_dir, i, gap)
             flows.append((fw if reverse else bw).permute(1, 2, 0).numpy())
         if reverse:
             ins, ps, flows = ins[::-1], ps[::-1], flows[::-1]
@@ -155,5 +165,5 @@ class ClipDataset(Dataset):
             "input": torch.stack([prep(f) for f in ins]),
             "processed": torch.stack([prep(f) for f in ps]),
             "flow": torch.stack([prep(f, True) for f in flows]),
-            "name": f"{clip.task}/{clip.dataset}/{clip.video}@{t0}",
+            "name": f"{clip.task}/{clip.dataset}/{clip.video}@{t0}" + (f"+{gap}" if gap > 1 else ""),
         }

@@ -29,16 +29,22 @@ def flow_loss(pred_flow, target_flow):
     return F.l1_loss(pred_flow, target_flow)
 
 
-def mask_loss(mask, visibility, norm: str = "l1"):
-    """The 3-channel mask is supervised by the 1-channel visibility (broadcast).
+def mask_loss(mask, target, norm: str = "l1", occluded=None):
+    """The 3-channel mask is supervised by the 1-channel target κ·V (broadcast).
 
     l1 (the paper) is minimised by the median of the target given the inputs: where most pixels are visible
     that is a constant. l2 is minimised by its mean, so occlusions pull the mask down where they are likely.
+    occluded (B,1,H,W) bool, optional: class balance, the occluded pixels and the others weigh half each (a
+    batch with only one kind is a plain mean), so rare occlusions are not outvoted by the visible majority.
     """
-    target = visibility.expand_as(mask)
-    if norm == "l2":
-        return F.mse_loss(mask, target)
-    return F.l1_loss(mask, target)
+    target = target.expand_as(mask)
+    err = (mask - target).pow(2) if norm == "l2" else (mask - target).abs()
+    if occluded is None:
+        return err.mean()
+    occ = occluded.expand_as(err)
+    frac = occ.float().mean()
+    weight = torch.where(occ, 0.5 / frac.clamp(min=1e-12), 0.5 / (1 - frac).clamp(min=1e-12))
+    return (weight * err).sum() / weight.sum()
 
 
 def perceptual_loss(vgg: "VGGFeatures", output, processed):

@@ -64,10 +64,11 @@ class Aux:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
-def git_sha() -> str:
+def git_sha(where: Path = Path(__file__).parent) -> str:
+    """The commit of the code that runs, "-dirty" when it has uncommitted changes (run.json records it)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=5)
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True,
+                             text=True, cwd=where, timeout=5)
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -123,15 +124,16 @@ def build_data(cfg: Config, backend=None, world: distributed.World = distributed
     clips = find_clips(root, cfg.data.phase, root / cfg.data.tasks_list)
     backend = backend or build_flow(cfg.flow.backend, preset=cfg.flow.preset)
     cache = FlowCache(Path(cfg.data.flow_cache or root / "cache" / "flow"), backend)
+    d = cfg.data
+    ds = ClipDataset(clips, cache, d.sample_frames, d.crop, d.scale_min, d.scale_max, d.augment, cfg.train.seed,
+                     frame_gap=d.frame_gap)
     videos = distributed.shard(sorted({c.input_dir for c in clips}), world)
     for video in tqdm(videos, desc="flow cache", unit="video", disable=not world.main):
         try:
-            cache.prepare(video, progress=False)
+            cache.prepare(video, progress=False, gaps=ds.gaps())
         except ValueError as e:
             raise ValueError(f"{video}: {e}") from None
     distributed.barrier(world)
-    ds = ClipDataset(clips, cache, cfg.data.sample_frames, cfg.data.crop, cfg.data.scale_min,
-                     cfg.data.scale_max, cfg.data.augment, cfg.train.seed)
     return ds, cache
 
 
@@ -153,7 +155,8 @@ def step_losses(out: dict, f: dict, w, aux: Aux, long=None) -> dict:
         target = f["vis"]
         if w.mask_target == "own_flow":  # where the net's own (detached) flow really aligns the frames
             target = visibility_mask(f["i_t"], warp(f["i_prev"], out["flow"].detach()), w.alpha, w.squared_norm)
-        terms["mask"] = L.mask_loss(out["mask"], w.mask_scale * target, w.mask_norm)
+        occluded = target < w.mask_balance if w.mask_balance > 0 else None
+        terms["mask"] = L.mask_loss(out["mask"], w.mask_scale * target, w.mask_norm, occluded)
     if w.perceptual > 0:
         terms["perceptual"] = L.perceptual_loss(aux.vgg, o_t, f["p_t"]).float()
     if long is not None:
@@ -177,6 +180,8 @@ def clip_losses(model, batch: dict, cfg: Config, aux: Aux | None = None) -> tupl
         raise ValueError(f"loss.mask_scale must be in (0, 1], got {w.mask_scale}")
     if w.mask_norm not in ("l1", "l2"):
         raise ValueError(f"loss.mask_norm must be l1 or l2, got {w.mask_norm!r}")
+    if not 0 <= w.mask_balance < 1:
+        raise ValueError(f"loss.mask_balance must be in [0, 1) (a visibility threshold; 0 = off), got {w.mask_balance}")
     ins, ps, flows = batch["input"], batch["processed"], batch["flow"]
     steps = ins.shape[1] - 1
     o_prev = o_first = ps[:, 0]
@@ -230,6 +235,11 @@ def optimizer_step(model, opt, scaler, grad_clip: float):
     opt.step()
 
 
+def due(step: int, every: int) -> bool:
+    """Whether a periodic action (log, images, checkpoint) falls on `step`; every = 0 turns it off."""
+    return every > 0 and step % every == 0
+
+
 def check_amp(amp: str, device: torch.device):
     if amp not in AMP:
         raise ValueError(f"train.amp must be one of {list(AMP)}, got {amp!r}")
@@ -257,6 +267,9 @@ def train(cfg: Config, resume: bool = False, init_weights: str = "") -> Path:
     if device.type == "cuda" and world.distributed:
         device = torch.device("cuda", world.local_rank)
     check_amp(cfg.train.amp, device)
+    for name in ("log_every", "image_every", "ckpt_every"):
+        if getattr(cfg.train, name) < 0:
+            raise ValueError(f"train.{name} must be >= 0 (0 = off), got {getattr(cfg.train, name)}")
 
     model = build_model(cfg.model).to(device)
     if cfg.train.channels_last:
@@ -329,7 +342,7 @@ def train(cfg: Config, resume: bool = False, init_weights: str = "") -> Path:
         for k, v in {"total": total, **terms}.items():
             running[k] = running.get(k, 0.0) + v
         n_run += 1
-        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+        if due(step, cfg.train.log_every) or step == cfg.train.steps:
             names = sorted(running)  # means over the global batch: every rank's sums, added
             sums = distributed.sum_floats([running[k] for k in names], world, device)
             means = {k: v / (n_run * world.size) for k, v in zip(names, sums, strict=True)}
@@ -341,9 +354,9 @@ def train(cfg: Config, resume: bool = False, init_weights: str = "") -> Path:
                 bar.write(f"step {step} " + " ".join(f"{k} {v:.4f}" for k, v in means.items())
                           + f" lr {sched.get_last_lr()[0]:.2e} {rate:.2f} step/s")
             running, n_run, t_log = {}, 0, time.time()
-        if step % cfg.train.image_every == 0 and world.main:
+        if due(step, cfg.train.image_every) and world.main:
             log_images(tb, model, batch, step)
-        if step % cfg.train.ckpt_every == 0 or step == cfg.train.steps:
+        if due(step, cfg.train.ckpt_every) or step == cfg.train.steps:
             save()
     bar.close()
     if tb:

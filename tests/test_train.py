@@ -54,6 +54,52 @@ def test_augmented_flow_still_aligns_the_frames(lai_root, tmp_path, k):
     assert s["flow"].abs().amax() > 0.5  # the pans move 1-2 px per frame
 
 
+def test_frame_gap_draws_clips_with_larger_motion_that_the_flow_still_aligns(lai_root, tmp_path):
+    clips = find_clips(lai_root, "train", lai_root / "lists" / "train_tasks.txt")
+    cache = FlowCache(tmp_path / "c", ShiftFlow())
+    ds = ClipDataset(clips, cache, 3, 24, 1.0, 1.0, True, seed=0, frame_gap=2)
+    assert list(ds.gaps()) == [1, 2]
+    seen = set()
+    for k in range(16):
+        s = ds[k]
+        name, first = s["name"].split("@")
+        gap = int(first.split("+")[1]) if "+" in first else 1
+        seen.add(gap)
+        shift = 1 + int(name.endswith("v1"))  # the fixture's pans: v0 1 px, v1 2 px a frame
+        assert s["flow"].abs().amax().item() == pytest.approx(shift * gap), s["name"]
+        i_prev, i_t, f = s["input"][:1], s["input"][1:2], s["flow"][:1]
+        inner = (slice(None), slice(None), slice(5, -5), slice(5, -5))
+        assert (warp(i_prev, f) - i_t)[inner].abs().mean() < 0.35 * (i_prev - i_t)[inner].abs().mean()
+    assert seen == {1, 2}
+    # the default draws no gap: its samples are those of earlier versions
+    plain = ClipDataset(clips, cache, 3, 24, 1.0, 1.0, True, seed=0)
+    assert all("+" not in plain[k]["name"] for k in range(16))
+    with pytest.raises(ValueError, match="frame_gap must be >= 1"):
+        ClipDataset(clips, cache, 3, 24, frame_gap=0)
+
+
+def test_flow_cache_pairs_with_a_gap(lai_root, tmp_path):
+    from tdms.flow.cache import frames_to_tensor
+
+    video = lai_root / "train" / "input" / "toy" / "v0"  # a 1 px pan; ShiftFlow finds up to 4 px
+    flow = ShiftFlow()
+    calls = []
+    counted = type("Counted", (), {"name": "shift", "__call__": lambda self, a, b: calls.append(1) or flow(a, b)})()
+    cache = FlowCache(tmp_path / "c", counted)
+    cache.prepare(video, progress=False, gaps=(1, 3))
+    assert len(calls) == 5 + 3  # pairs (t, t+1) of 6 frames and (t, t+3)
+    assert all(p.is_file() for t in range(3) for p in cache.paths(video, t, 3))
+    assert cache.paths(video, 0, 1)[0].name == "fw_00000.flo"  # consecutive pairs keep their names
+    fw, bw, _ = cache.pair(video, 2, 3)
+    src = cache.source(video)
+    expected = flow(frames_to_tensor(src[2]), frames_to_tensor(src[5]))[0]
+    assert torch.equal(fw, expected) and fw[0].abs().max() == 3 and torch.equal(bw, -fw)
+    cache.prepare(video, progress=False, gaps=(1, 3))
+    assert len(calls) == 8  # all there: nothing recomputed
+    with pytest.raises(IndexError, match=r"no frame pair \(3, 6\)"):
+        cache.pair(video, 3, 3)
+
+
 def test_sample_is_a_function_of_seed_and_index(lai_root, tmp_path):
     clips = find_clips(lai_root, "train", lai_root / "lists" / "train_tasks.txt")
     ds = ClipDataset(clips, FlowCache(tmp_path / "c", ShiftFlow()), 3, 16, seed=3)
@@ -206,6 +252,36 @@ def test_bad_arch_and_amp(lai_root, tmp_path):
         train(config(lai_root, tmp_path, **{"train.amp": "fp8"}))
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         train(config(lai_root, tmp_path, **{"train.amp": "fp16"}))
+
+
+def test_periodic_actions_turn_off_with_zero(lai_root, tmp_path, capsys):
+    cfg = config(lai_root, tmp_path, **{"train.steps": 3, "train.log_every": 0, "train.image_every": 0,
+                                        "train.ckpt_every": 0})
+    assert read_checkpoint(train(cfg))["step"] == 3  # the end of the run still saves
+    logged = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in logged] == ["3"]  # and logs once
+    with pytest.raises(ValueError, match="train.ckpt_every must be >= 0"):
+        train(config(lai_root, tmp_path, **{"train.ckpt_every": -1, "train.out": str(tmp_path / "neg")}))
+
+
+def test_run_records_a_dirty_tree(tmp_path):
+    import subprocess
+
+    from tdms.train import git_sha
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("commit", "-q", "-m", "a")
+    head = git("rev-parse", "--short=7", "HEAD")
+    assert git_sha(tmp_path) == head
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert git_sha(tmp_path) == head + "-dirty"
+    assert git_sha(tmp_path / "missing") == "unknown"
 
 
 @pytest.fixture(scope="module")
@@ -395,6 +471,50 @@ def test_l1_mask_loss_learns_the_median_and_l2_the_mean():
             mask_loss(m.expand(1, 3, 10, 10), target, norm).backward()
             opt.step()
         assert abs(m.item() - expected) < 0.02, (norm, m.item())
+
+
+def test_balanced_mask_loss_weighs_occluded_pixels_as_much_as_the_rest():
+    from tdms.losses import mask_loss
+
+    target = torch.ones(1, 1, 10, 10)
+    target.view(-1)[:5] = 0.1  # 5 % occluded
+    occluded = target < 0.5
+    mask = torch.full((1, 3, 10, 10), 0.9)
+    err = (mask - target).abs()
+    assert mask_loss(mask, target, "l1", occluded).item() == pytest.approx(
+        0.5 * err[occluded.expand_as(err)].mean().item() + 0.5 * err[~occluded.expand_as(err)].mean().item())
+    # one kind only: a plain mean, not half of it
+    none = torch.zeros_like(occluded)
+    assert mask_loss(mask, target, "l1", none).item() == pytest.approx(mask_loss(mask, target, "l1").item())
+    assert mask_loss(mask, target, "l2", ~none).item() == pytest.approx(mask_loss(mask, target, "l2").item())
+    # the gradient: the 5 % occluded pixels pull as hard in total as the 95 % visible ones (plain L1: 5 to 95)
+    for occ, share in ((None, 0.05), (occluded, 0.5)):
+        m = mask.clone().requires_grad_()
+        mask_loss(m, target, "l1", occ).backward()
+        g = m.grad.abs()
+        assert g[occluded.expand_as(g)].sum() / g.sum() == pytest.approx(share)
+
+
+def test_mask_balance_in_training_marks_the_low_visibility_pixels(lai_root, tmp_path):
+    from tdms.losses import mask_loss
+    from tdms.train import step_losses
+
+    cfg = config(lai_root, tmp_path, **{"loss.mask_balance": 0.5, "loss.mask_scale": 0.6})
+    torch.manual_seed(0)
+    model = TDMSNet(nf=8)
+    x = [torch.rand(1, 3, 16, 16) for _ in range(3)]
+    out = model(x[0], x[1], x[2], x[2])
+    vis = torch.rand(1, 1, 16, 16)
+    frames = {"i_prev": x[0], "i_t": x[1], "o_prev": x[2], "o_first": x[2], "p_t": x[2],
+              "f_star": torch.zeros(1, 2, 16, 16), "vis": vis}
+    got = step_losses(out, frames, cfg.loss, None)["mask"]
+    assert torch.allclose(got, mask_loss(out["mask"], 0.6 * vis, "l1", vis < 0.5))
+    assert not torch.allclose(got, mask_loss(out["mask"], 0.6 * vis, "l1"))
+    batch = {"input": torch.rand(1, 3, 3, 16, 16), "processed": torch.rand(1, 3, 3, 16, 16),
+             "flow": torch.zeros(1, 2, 2, 16, 16), "name": "x"}
+    cfg.loss.mask_balance = 1.0
+    with pytest.raises(ValueError, match="mask_balance must be in"):
+        clip_losses(model, batch, cfg)
 
 
 def test_flow_prior_trains_on_the_cached_flow_and_must_match_it(lai_root, tmp_path, monkeypatch):

@@ -1,7 +1,8 @@
-"""On-disk cache of forward/backward flow and occlusion for consecutive frame pairs of a video.
+"""On-disk cache of forward/backward flow and occlusion for frame pairs of a video.
 
 Layout: <root>/<backend.name>/<video key>/{fw,bw}_%05d.flo and occ_%05d.png (0/255, 255 = occluded),
 for the pair (t, t+1): fw = flow(I_t -> I_{t+1}), bw = flow(I_{t+1} -> I_t), occ_t = occlusion_mask(fw, bw).
+Pairs (t, t+g) that skip frames (training's data.frame_gap) are named {fw,bw}_%05d_g<g>.flo, occ_%05d_g<g>.png.
 """
 
 import hashlib
@@ -42,21 +43,22 @@ class FlowCache:
             self._sources[key] = FrameSource(video)
         return self._sources[key]
 
-    def paths(self, video, t: int) -> tuple[Path, Path, Path]:
-        """Cache files (fw, bw, occ) of the pair (t, t+1)."""
+    def paths(self, video, t: int, gap: int = 1) -> tuple[Path, Path, Path]:
+        """Cache files (fw, bw, occ) of the pair (t, t+gap)."""
         src = self.source(video)
         folder = self.root / self.backend.name / video_key(Path(video), len(src), src.size)
-        return folder / f"fw_{t:05d}.flo", folder / f"bw_{t:05d}.flo", folder / f"occ_{t:05d}.png"
+        end = f"{t:05d}" if gap == 1 else f"{t:05d}_g{gap}"
+        return folder / f"fw_{end}.flo", folder / f"bw_{end}.flo", folder / f"occ_{end}.png"
 
-    def pair(self, video, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Flows and occlusion of the pair (t, t+1), read from the cache or computed and written."""
+    def pair(self, video, t: int, gap: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Flows and occlusion of the pair (t, t+gap), read from the cache or computed and written."""
         src = self.source(video)
-        if not 0 <= t < len(src) - 1:
-            raise IndexError(f"{video}: no frame pair {t}, the video has {len(src)} frames")
-        fw_path, bw_path, occ_path = self.paths(video, t)
+        if gap < 1 or not 0 <= t < len(src) - gap:
+            raise IndexError(f"{video}: no frame pair ({t}, {t + gap}), the video has {len(src)} frames")
+        fw_path, bw_path, occ_path = self.paths(video, t, gap)
         fw, bw = load_flow(fw_path, src.size), load_flow(bw_path, src.size)
         if fw is None or bw is None:
-            return self._compute(video, t, src[t], src[t + 1])
+            return self._compute(video, t, gap, src[t], src[t + gap])
         occ = load_occlusion(occ_path, src.size)
         if occ is None:
             occ = occlusion_mask(fw[None], bw[None])[0]
@@ -72,26 +74,29 @@ class FlowCache:
             fw, _, occ = self.pair(video, t)
         return fw, occ
 
-    def prepare(self, video, progress: bool = True) -> None:
-        """Compute every pair of `video` whose files are not all there, reading the frames in order."""
+    def prepare(self, video, progress: bool = True, gaps=(1,)) -> None:
+        """Compute every pair (t, t+g), g in `gaps`, whose files are not all there, reading the frames once."""
         src = self.source(video)
-        todo = {t for t in range(len(src) - 1) if not all(p.exists() for p in self.paths(video, t))}
+        todo = {(t, g) for g in gaps for t in range(len(src) - g)
+                if not all(p.exists() for p in self.paths(video, t, g))}
         if not todo:
             return
+        recent: dict[int, np.ndarray] = {}  # the last max(gaps) frames
         with tqdm(total=len(todo), desc=f"{self.backend.name} {src.name}", disable=not progress) as bar:
-            prev = None
             for t, frame in enumerate(src):
-                if t - 1 in todo:
-                    self._compute(video, t - 1, prev, frame)
-                    bar.update(1)
-                prev = frame
+                for g in gaps:
+                    if (t - g, g) in todo:
+                        self._compute(video, t - g, g, recent[t - g], frame)
+                        bar.update(1)
+                recent[t] = frame
+                recent.pop(t - max(gaps), None)
 
-    def _compute(self, video, t: int, frame_a: np.ndarray, frame_b: np.ndarray):
-        """Run the backend on (t, t+1) both ways in one batch, write and return (fw, bw, occ)."""
+    def _compute(self, video, t: int, gap: int, frame_a: np.ndarray, frame_b: np.ndarray):
+        """Run the backend on (t, t+gap) both ways in one batch, write and return (fw, bw, occ)."""
         a, b = frames_to_tensor(frame_a), frames_to_tensor(frame_b)
         flows = self.backend(torch.cat([a, b]), torch.cat([b, a])).float().cpu()  # (2,2,H,W): fw, bw
         occ = occlusion_mask(flows[:1], flows[1:])[0]
-        fw_path, bw_path, occ_path = self.paths(video, t)
+        fw_path, bw_path, occ_path = self.paths(video, t, gap)
         write_flo(fw_path, flows[0].numpy())
         write_flo(bw_path, flows[1].numpy())
         write_occlusion(occ_path, occ)
