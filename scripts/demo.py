@@ -40,7 +40,7 @@ def main(argv=None) -> int:
         out = args.out / method
         extra = ["--checkpoint", args.checkpoint] if args.checkpoint and method == "tdms" else []
         step(f"tdms-test --method {method}", run_test(["--method", method, "--input", str(inp), "--processed",
-                                                       str(proc), "--output", str(out), *extra]))
+                                                       str(proc), "--output", str(out), "--redo", *extra]))
         ev = args.out / f"eval_{method}"
         step(f"tdms-evaluate ({method})", evaluate(["--input", str(inp), "--processed", str(proc), "--results",
                                                     str(out), "--cache", str(args.out / "flow_cache"),

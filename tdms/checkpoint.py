@@ -26,6 +26,9 @@ def atomic_save(obj, path: str | Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the checkpoint from the rest of a shared group
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)

@@ -109,12 +109,21 @@ def resized(src: FrameSource, size: tuple[int, int]):
         yield f if f.shape[:2] == size else cv2.resize(f, (size[1], size[0]), interpolation=cv2.INTER_AREA)
 
 
-def is_complete(out: Path, n: int) -> bool:
-    """A finished tdms output of n frames (folder with the marker, or a video file)."""
+def read_marker(out: Path) -> dict:
+    """What a finished folder output records (method, checkpoint, frames, ...); {} when there is none."""
+    try:
+        return json.loads((out / MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def is_complete(out: Path, n: int, made_by: dict | None = None) -> bool:
+    """A finished tdms output of n frames (folder with the marker, or a video file). With `made_by`, a folder
+    counts only if its marker records the same maker (method, checkpoint digest, options)."""
     if out.suffix.lower() in VIDEO_EXTS:
         return out.is_file()
-    marker = out / MARKER
-    return marker.is_file() and json.loads(marker.read_text()).get("frames") == n
+    marker = read_marker(out)
+    return marker.get("frames") == n and all(marker.get(k) == v for k, v in (made_by or {}).items())
 
 
 def prepare_output(out: Path, inputs: list, redo: bool):
@@ -125,7 +134,10 @@ def prepare_output(out: Path, inputs: list, redo: bool):
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
         raise ValueError(f"{out}: exists, is not empty and was not written by tdms; choose another --output")
     if not redo:
-        raise ValueError(f"{out}: already exists (pass --redo to replace it)")
+        marker = read_marker(out)
+        made = ", ".join(f"{k} {marker[k]}" for k in ("method", "checkpoint", "frames") if k in marker)
+        raise ValueError(f"{out}: already exists{f' (made by {made})' if made else ''}, and not by this run's "
+                         f"method and weights: pass --redo to replace it, or choose another --output")
 
 
 def process_video(frames, out: Path, n: int, fps: float, meta: dict, ext: str = ".png", quality=None,

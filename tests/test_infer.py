@@ -75,6 +75,22 @@ def test_cli_writes_frames_and_refuses_to_clobber(pair, tmp_path, ckpt, capsys):
     assert run_cli(["--input", str(pair[0]), "--processed", str(pair[1]), "--output", str(out),
                       "--checkpoint", str(ckpt)]) == 0
     assert "already complete" in capsys.readouterr().out
+    # made by other weights or another method: not "complete", and not replaced without --redo
+    made = json.loads((out / MARKER).read_text())
+    assert made["method"] == "tdms" and made["checkpoint"] == str(ckpt) and len(made["checkpoint_sha256"]) == 16
+    other = tmp_path / "other.pth"
+    torch.manual_seed(1)
+    atomic_save({"format": "tdms", "model": TDMSNet(nf=8).state_dict(), "config": torch.load(ckpt)["config"]}, other)
+    before = read_frame(out / "00004.png")
+    for extra in (["--checkpoint", str(other)], ["--method", "identity"]):
+        assert run_cli(["--input", str(pair[0]), "--processed", str(pair[1]), "--output", str(out), *extra]) == 1
+        err = capsys.readouterr().err
+        assert f"already exists (made by method tdms, checkpoint {ckpt}, frames 5)" in err and "--redo" in err
+    assert np.array_equal(read_frame(out / "00004.png"), before)
+    assert run_cli(["--input", str(pair[0]), "--processed", str(pair[1]), "--output", str(out),
+                    "--checkpoint", str(other), "--redo"]) == 0
+    assert json.loads((out / MARKER).read_text())["checkpoint"] == str(other)
+    assert not np.array_equal(read_frame(out / "00004.png"), before)
     # output equal to an input, or a user folder tdms did not write: refused, nothing touched
     assert run_cli(["--input", str(pair[0]), "--processed", str(pair[1]), "--output", str(pair[1]),
                       "--checkpoint", str(ckpt), "--redo"]) == 1

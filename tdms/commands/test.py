@@ -11,6 +11,7 @@ Examples:
 """
 
 import argparse
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -70,32 +71,44 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
 def make_method(args, device):
-    """A function (pairs iterator) -> output frames generator, a description, and TDMS-Net's step (or None)."""
+    """A function (pairs iterator) -> output frames generator, a description, TDMS-Net's step (or None), and
+    what makes the outputs (method, weights digest, options; kept in each output's marker)."""
     if args.method == "tdms":
         path = checkpoint_path(args.checkpoint)
         model = load_model(path, device, verbose=True)
         step = make_step(model, device, args.dtype, args.channels_last, args.compile, args.cuda_graph)
-        return (lambda pairs: step_frames(step, pairs, device)), f"tdms ({path})", step
+        made_by = {"method": "tdms", "checkpoint": str(path), "checkpoint_sha256": file_digest(path)}
+        return (lambda pairs: step_frames(step, pairs, device)), f"tdms ({path})", step, made_by
     if args.method == "naive":
         flow = build_flow(args.flow)
-        return (lambda pairs: naive_frames(flow, pairs)), f"naive blend ({flow.name})", None
+        return (lambda pairs: naive_frames(flow, pairs)), f"naive blend ({flow.name})", None, \
+            {"method": "naive", "flow": flow.name}
     if args.method == "bonneel":
         flow = build_flow(args.flow)
         return (lambda pairs: bonneel_frames(flow, pairs, args.lam, device)), \
-            f"Bonneel et al. 2015 (λ={args.lam}, {flow.name})", None
-    return identity_frames, "identity", None
+            f"Bonneel et al. 2015 (λ={args.lam}, {flow.name})", None, \
+            {"method": "bonneel", "flow": flow.name, "lambda": args.lam}
+    return identity_frames, "identity", None, {"method": "identity"}
 
 
-def run_one(method, input_path, processed_path, out: Path, args, desc="") -> dict | None:
+def run_one(method, input_path, processed_path, out: Path, args, made_by: dict, desc="") -> dict | None:
     src_i, src_p = open_pair(input_path, processed_path, args.resize_processed)
-    if is_complete(out, len(src_i)) and not args.redo:
+    if is_complete(out, len(src_i), made_by) and not args.redo:
         return None
     prepare_output(out, [src_i.path, src_p.path], args.redo)
     if not args.data_dir:
         print(f"  {len(src_i)} frames of {src_i.size[1]}×{src_i.size[0]} from {src_i.path} and {src_p.path}")
     pairs = prefetch(zip(src_i, resized(src_p, src_i.size), strict=True))
-    meta = {"method": args.method, "input": str(src_i.path), "processed": str(src_p.path)}
+    meta = {**made_by, "input": str(src_i.path), "processed": str(src_p.path)}
     return process_video(method(pairs), out, len(src_i), src_p.fps, meta, *frame_format(args), desc)
 
 
@@ -103,19 +116,18 @@ def frame_format(args) -> tuple[str, int | None]:
     return (".jpg", args.jpeg_quality) if args.jpeg_quality else (".png", None)
 
 
-def run_batched(step, jobs, args, device):
+def run_batched(step, jobs, args, device, made_by: dict):
     """Dataset mode, several videos a batch: yields (name, meta) as videos complete, or (name, None) if skipped."""
     videos, targets = [], []
     for i, p, o, name in jobs:
         src_i, src_p = open_pair(i, p, args.resize_processed)
-        if is_complete(o, len(src_i)) and not args.redo:
+        if is_complete(o, len(src_i), made_by) and not args.redo:
             yield name, None
             continue
         prepare_output(o, [src_i.path, src_p.path], args.redo)
         # each video decodes in its own thread, started when the video joins a batch
         videos.append(Video(name, src_i.size, prefetch(zip(src_i, resized(src_p, src_i.size), strict=True))))
-        meta = {"method": args.method, "input": str(src_i.path), "processed": str(src_p.path),
-                "batch_videos": args.batch_videos}
+        meta = {**made_by, "input": str(src_i.path), "processed": str(src_p.path), "batch_videos": args.batch_videos}
         targets.append(Target(o, len(src_i), meta))
     for g, group in enumerate(groups := group_by_size(videos), 1):
         h, w = videos[group[0]].size
@@ -152,7 +164,7 @@ def main(argv=None) -> int:
         device = pick_device(args.device)
         if device.type == "cuda" and world.distributed:
             device = torch.device("cuda", world.local_rank)
-        method, what, step = make_method(args, device)
+        method, what, step, made_by = make_method(args, device)
         if args.data_dir:
             jobs = distributed.shard(dataset_jobs(args), world)
         else:
@@ -160,9 +172,9 @@ def main(argv=None) -> int:
         rank = f" [rank {world.rank}/{world.size}]" if world.distributed else ""
         print(f"tdms-test{rank}: {what} on {device}, {len(jobs)} video(s) -> {args.output}")
         if args.batch_videos > 1:
-            done = run_batched(step, jobs, args, device)
+            done = run_batched(step, jobs, args, device, made_by)
         else:
-            done = ((name, run_one(method, i, p, o, args, desc=f"[{k}/{len(jobs)}] {name}"))
+            done = ((name, run_one(method, i, p, o, args, made_by, desc=f"[{k}/{len(jobs)}] {name}"))
                     for k, (i, p, o, name) in enumerate(jobs, 1))
         start, frames, skipped = time.time(), 0, 0
         for k, (name, meta) in enumerate(done, 1):
