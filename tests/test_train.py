@@ -312,6 +312,28 @@ def test_paper_config_is_the_papers_setup():
     assert load_config(PAPER.parent / "tdms_offline.yaml").loss.flow_cycle == 0  # the shipped recipe is unchanged
 
 
+def test_shipped_checkpoint_was_made_by_the_shipped_recipe():
+    from tdms.config import to_dict
+
+    ckpt = read_checkpoint(PAPER.parent.parent / "checkpoints" / "tdms_offline.pth")
+    assert ckpt["config"] == to_dict(load_config(PAPER.parent / "tdms_offline.yaml"))
+    assert ckpt["step"] == ckpt["config"]["train"]["steps"]
+
+
+def test_checkpoints_are_written_with_the_usual_file_mode(tmp_path):
+    import os
+    import stat
+
+    from tdms.checkpoint import atomic_save
+
+    old = os.umask(0o022)
+    try:
+        atomic_save({"a": 1}, tmp_path / "x.pth")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "x.pth").stat().st_mode) == 0o644  # not mkstemp's 0600
+
+
 def test_paper_config_runs_on_builder_data_with_dis(builder_root, tmp_path, capsys):
     over = {"flow.backend": "dis", "loss.perceptual": 0, "loss.flow_cycle": 0, "data.crop": 64}
     last = train(paper(builder_root, tmp_path / "run", **over))
@@ -434,10 +456,8 @@ def test_mask_target_own_flow_uses_the_nets_flow(lai_root, tmp_path):
         clip_losses(model, batch, cfg)
 
 
-def test_mask_scale_scales_the_target_and_is_checked(lai_root, tmp_path):
-    from tdms.train import step_losses
-
-    cfg = config(lai_root, tmp_path, **{"loss.mask_scale": 0.65})
+def small_step():
+    """A small TDMSNet's outputs on random frames, the step_losses frames with a random V, and a 3-frame batch."""
     torch.manual_seed(0)
     model = TDMSNet(nf=8)
     x = [torch.rand(1, 3, 16, 16) for _ in range(3)]
@@ -445,11 +465,19 @@ def test_mask_scale_scales_the_target_and_is_checked(lai_root, tmp_path):
     vis = torch.rand(1, 1, 16, 16)
     frames = {"i_prev": x[0], "i_t": x[1], "o_prev": x[2], "o_first": x[2], "p_t": x[2],
               "f_star": torch.zeros(1, 2, 16, 16), "vis": vis}
+    batch = {"input": torch.rand(1, 3, 3, 16, 16), "processed": torch.rand(1, 3, 3, 16, 16),
+             "flow": torch.zeros(1, 2, 2, 16, 16), "name": "x"}
+    return model, out, vis, frames, batch
+
+
+def test_mask_scale_scales_the_target_and_is_checked(lai_root, tmp_path):
+    from tdms.train import step_losses
+
+    cfg = config(lai_root, tmp_path, **{"loss.mask_scale": 0.65})
+    model, out, vis, frames, batch = small_step()
     assert torch.allclose(step_losses(out, frames, cfg.loss, None)["mask"], (out["mask"] - 0.65 * vis).abs().mean())
     cfg.loss.mask_norm = "l2"
     assert torch.allclose(step_losses(out, frames, cfg.loss, None)["mask"], ((out["mask"] - 0.65 * vis) ** 2).mean())
-    batch = {"input": torch.rand(1, 3, 3, 16, 16), "processed": torch.rand(1, 3, 3, 16, 16),
-             "flow": torch.zeros(1, 2, 2, 16, 16), "name": "x"}
     cfg.loss.mask_scale = 1.5
     with pytest.raises(ValueError, match="mask_scale"):
         clip_losses(model, batch, cfg)
@@ -500,18 +528,10 @@ def test_mask_balance_in_training_marks_the_low_visibility_pixels(lai_root, tmp_
     from tdms.train import step_losses
 
     cfg = config(lai_root, tmp_path, **{"loss.mask_balance": 0.5, "loss.mask_scale": 0.6})
-    torch.manual_seed(0)
-    model = TDMSNet(nf=8)
-    x = [torch.rand(1, 3, 16, 16) for _ in range(3)]
-    out = model(x[0], x[1], x[2], x[2])
-    vis = torch.rand(1, 1, 16, 16)
-    frames = {"i_prev": x[0], "i_t": x[1], "o_prev": x[2], "o_first": x[2], "p_t": x[2],
-              "f_star": torch.zeros(1, 2, 16, 16), "vis": vis}
+    model, out, vis, frames, batch = small_step()
     got = step_losses(out, frames, cfg.loss, None)["mask"]
     assert torch.allclose(got, mask_loss(out["mask"], 0.6 * vis, "l1", vis < 0.5))
     assert not torch.allclose(got, mask_loss(out["mask"], 0.6 * vis, "l1"))
-    batch = {"input": torch.rand(1, 3, 3, 16, 16), "processed": torch.rand(1, 3, 3, 16, 16),
-             "flow": torch.zeros(1, 2, 2, 16, 16), "name": "x"}
     cfg.loss.mask_balance = 1.0
     with pytest.raises(ValueError, match="mask_balance must be in"):
         clip_losses(model, batch, cfg)
