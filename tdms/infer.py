@@ -117,27 +117,33 @@ def read_marker(out: Path) -> dict:
         return {}
 
 
+MAKER_KEYS = ("method", "checkpoint_sha256", "flow", "lambda")  # what an output depends on (not the path)
+
+
 def is_complete(out: Path, n: int, made_by: dict | None = None) -> bool:
     """A finished tdms output of n frames (folder with the marker, or a video file). With `made_by`, a folder
-    counts only if its marker records the same maker (method, checkpoint digest, options)."""
+    counts only if its marker records the same maker: method, weights digest and options (MAKER_KEYS)."""
     if out.suffix.lower() in VIDEO_EXTS:
         return out.is_file()
     marker = read_marker(out)
-    return marker.get("frames") == n and all(marker.get(k) == v for k, v in (made_by or {}).items())
+    if marker.get("frames") != n:
+        return False
+    return made_by is None or all(marker.get(k) == made_by.get(k) for k in MAKER_KEYS)
 
 
 def prepare_output(out: Path, inputs: list, redo: bool):
-    """Refuse to touch anything that is an input or that tdms did not write."""
+    """Refuse to touch anything that is an input or that tdms did not write (an empty folder is fine)."""
     check_output(out, inputs)
-    if not out.exists():
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+    if out.is_dir() and not (out / MARKER).is_file():
         raise ValueError(f"{out}: exists, is not empty and was not written by tdms; choose another --output")
     if not redo:
         marker = read_marker(out)
         made = ", ".join(f"{k} {marker[k]}" for k in ("method", "checkpoint", "frames") if k in marker)
-        raise ValueError(f"{out}: already exists{f' (made by {made})' if made else ''}, and not by this run's "
-                         f"method and weights: pass --redo to replace it, or choose another --output")
+        raise ValueError(f"{out}: holds an earlier output{f' ({made})' if made else ''} that this run does not "
+                         f"reuse (another method, other weights or another frame count): pass --redo to replace "
+                         f"it, or choose another --output")
 
 
 def process_video(frames, out: Path, n: int, fps: float, meta: dict, ext: str = ".png", quality=None,

@@ -85,12 +85,25 @@ def test_cli_writes_frames_and_refuses_to_clobber(pair, tmp_path, ckpt, capsys):
     for extra in (["--checkpoint", str(other)], ["--method", "identity"]):
         assert run_cli(["--input", str(pair[0]), "--processed", str(pair[1]), "--output", str(out), *extra]) == 1
         err = capsys.readouterr().err
-        assert f"already exists (made by method tdms, checkpoint {ckpt}, frames 5)" in err and "--redo" in err
+        assert f"holds an earlier output (method tdms, checkpoint {ckpt}, frames 5)" in err and "--redo" in err
     assert np.array_equal(read_frame(out / "00004.png"), before)
     assert run_cli(["--input", str(pair[0]), "--processed", str(pair[1]), "--output", str(out),
                     "--checkpoint", str(other), "--redo"]) == 0
     assert json.loads((out / MARKER).read_text())["checkpoint"] == str(other)
     assert not np.array_equal(read_frame(out / "00004.png"), before)
+    # the same weights by another path are the same maker: skipped
+    copy = tmp_path / "copy" / "other.pth"
+    copy.parent.mkdir()
+    copy.write_bytes(other.read_bytes())
+    assert run_cli(["--input", str(pair[0]), "--processed", str(pair[1]), "--output", str(out),
+                    "--checkpoint", str(copy)]) == 0
+    assert "already complete" in capsys.readouterr().out
+    # an empty folder made beforehand holds nothing to lose: written into without --redo
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run_cli(["--method", "identity", "--input", str(pair[0]), "--processed", str(pair[1]),
+                    "--output", str(empty)]) == 0
+    assert len(FrameSource(empty)) == 5
     # output equal to an input, or a user folder tdms did not write: refused, nothing touched
     assert run_cli(["--input", str(pair[0]), "--processed", str(pair[1]), "--output", str(pair[1]),
                       "--checkpoint", str(ckpt), "--redo"]) == 1
