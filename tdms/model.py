@@ -53,6 +53,78 @@ class ConvLayer(nn.Module):
         return self.norm_layer(x) if self.apply_norm else x
 
 
+def memory_format(x: torch.Tensor) -> torch.memory_format:
+    nhwc = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if nhwc else torch.contiguous_format
+
+
+class ShiftSum(torch.autograd.Function):
+    """out[:, c, y, x] = bias[c] + Σ_d z[:, d·C + c, y, x + d - p] for d < k, p = k//2, C = z's channels / k, the
+    columns past the edges reflected (so with z a k×1 conv's per-column shares, out is the k×k conv of a
+    reflection-padded input).
+
+    Summed in NCHW (z's channel groups are then whole planes; in NHWC each shifted group is a strided gather, ~20×
+    slower), accumulated in fp32 (or z's wider dtype) and rounded once to z's dtype, as a convolution rounds its
+    sums. The output and the gradient of z keep z's memory format. The backward writes the output's gradient into
+    each channel group, shifted back, then folds the reflected columns onto their sources.
+    """
+
+    @staticmethod
+    def forward(ctx, z, bias, k: int):
+        n, c, h, w = z.shape
+        p, cout = k // 2, c // k
+        ctx.k, ctx.fmt, ctx.bias_dtype = k, memory_format(z), bias.dtype
+        padded = z.new_empty((n, c, h, w + 2 * p))  # NCHW, reflected by p columns: one copy of z
+        padded[..., p:p + w] = z
+        padded[..., :p] = padded[..., p + 1:2 * p + 1].flip(-1)
+        padded[..., p + w:] = padded[..., w - 1:w + p - 1].flip(-1)
+        acc = torch.promote_types(z.dtype, torch.float32)
+        out = padded[:, :cout, :, :w].to(acc) + bias.to(acc).view(1, -1, 1, 1)
+        for d in range(1, k):
+            out += padded[:, d * cout:(d + 1) * cout, :, d:d + w]
+        return out.to(z.dtype).contiguous(memory_format=ctx.fmt)
+
+    @staticmethod
+    def backward(ctx, grad):
+        k, p = ctx.k, ctx.k // 2
+        n, cout, h, w = grad.shape
+        grad = grad.contiguous()
+        grad_z = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            padded = grad.new_zeros((n, k * cout, h, w + 2 * p))
+            for d in range(k):
+                padded[:, d * cout:(d + 1) * cout, :, d:d + w] = grad
+            grad_z = padded[..., p:p + w].clone()  # padded column j < p is source column p - j, and on the right
+            grad_z[..., 1:p + 1] += padded[..., :p].flip(-1)  # column p + w + i is source w - 2 - i
+            grad_z[..., w - 1 - p:w - 1] += padded[..., p + w:].flip(-1)
+            grad_z = grad_z.contiguous(memory_format=ctx.fmt)
+        if ctx.needs_input_grad[1]:
+            grad_bias = grad.to(torch.promote_types(grad.dtype, torch.float32)).sum((0, 2, 3)).to(ctx.bias_dtype)
+        return grad_z, grad_bias, None
+
+
+class ColumnConvLayer(ConvLayer):
+    """A ConvLayer with few outputs (the three k×k output layers: 2–3 channels), run on CPU as one k×1 conv.
+
+    oneDNN computes output channels in blocks of 16, so a 7×7 conv to 3 channels costs what one to 16 does (it runs
+    at ~1/5 of the machine's conv speed). Here a k×1 conv gives, for every tap column d, that column's share of each
+    output (k·C channels: two blocks for C = 3, one for C = 2), and ShiftSum adds the shares shifted by d. Only the
+    rows are reflection-padded on the input; the columns are reflected on the k·C-channel shares. Same weights and
+    the same function, up to rounding. Elsewhere (CUDA, unmeasured there) it is the plain layer.
+    """
+
+    def forward(self, x):
+        k = self.conv2d.kernel_size[0]
+        if x.device.type != "cpu" or self.conv2d.stride != (1, 1) or min(x.shape[-2:]) <= k // 2:  # (too small
+            return super().forward(x)  # to reflect: the plain layer says so)
+        weight = self.conv2d.weight
+        cols = weight.permute(3, 0, 1, 2).reshape(k * weight.shape[0], -1, k, 1)  # channel d·C + c: column d's share
+        with own_dtype(x):
+            x = nn.functional.pad(x, (0, 0, k // 2, k // 2), mode="reflect")
+        out = ShiftSum.apply(nn.functional.conv2d(x, cols), self.conv2d.bias, k)
+        return self.norm_layer(out) if self.apply_norm else out
+
+
 # Nearest ×2 upsampling repeats each source pixel twice along an axis, so output row 2i + a of a 3-tap filter reads
 # source rows i - 1, i (a = 0) or i, i + 1 (a = 1), the taps landing on one source row summed: (phase a, 2, 3).
 PHASE_TAPS = ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0))
@@ -101,7 +173,7 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.conv1 = ConvLayer(ch, ch, 3, 1, norm, dead_norm)
         self.conv2 = ConvLayer(ch, ch, 3, 1, norm, dead_norm)
-        self.relu = nn.LeakyReLU(0.2)
+        self.relu = nn.LeakyReLU(0.2, inplace=True)
 
     def forward(self, x):
         return x + self.conv2(self.relu(self.conv1(x)))
@@ -146,16 +218,16 @@ class TDMSNet(nn.Module):
         self.deconv1 = UpsampleConvLayer(nf * 4, nf * 2, 3, 1, norm, q)
         self.deconv2 = UpsampleConvLayer(nf * 4, nf, 3, 1, norm, q)
         # The three output layers have no norm (not even a dead one): the original builds them with norm=None.
-        self.deconv3 = ConvLayer(nf * 2, 3, 7)
+        self.deconv3 = ColumnConvLayer(nf * 2, 3, 7)
         # mask head
         self.deconv1_w = transposed(nf * 4, nf * 2)
         self.deconv2_w = transposed(nf * 2, nf)
-        self.deconv3_w = ConvLayer(nf, 3, 7)
+        self.deconv3_w = ColumnConvLayer(nf, 3, 7)
         # flow head
         self.deconv1_f = transposed(nf * 4, nf * 2)
         self.deconv2_f = transposed(nf * 2, nf)
-        self.deconv3_f = ConvLayer(nf, 2, 7)
-        self.relu = nn.LeakyReLU(0.2)
+        self.deconv3_f = ColumnConvLayer(nf, 2, 7)
+        self.relu = nn.LeakyReLU(0.2, inplace=True)
 
     def _head_blocks(self, blocks: nn.Sequential, e3):
         if self.original_quirks:  # each block applied to E3, only the last output kept

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from tdms.checkpoint import atomic_save, export_weights, load_model, training_state
 from tdms.config import Config
-from tdms.model import ConvLayer, TDMSNet, UpsampleConvLayer, count_parameters
+from tdms.model import ColumnConvLayer, ConvLayer, TDMSNet, UpsampleConvLayer, count_parameters
 from tdms.warp import warp
 
 
@@ -284,3 +284,57 @@ def test_upsample_conv_trains_under_inductor_in_channels_last():
     g = torch.randn_like(want)
     torch.testing.assert_close(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0],
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(9, 13), (4, 4), (7, 12), (8, 5)])
+@pytest.mark.parametrize("cout", [2, 3])
+def test_column_conv_is_the_reflect_padded_conv(size, cout):
+    """The output layers' k×1 conv + shifted sum is DESIGN's reflection pad + k×k conv: values and gradients (of the
+    input, the weights and the bias) in fp64, at odd sizes and at the smallest a 7×7 reflection allows."""
+    torch.manual_seed(0)
+    layer = ColumnConvLayer(5, cout, 7).double()
+    x = torch.randn(2, 5, *size, dtype=torch.float64, requires_grad=True)
+    params = [x, *layer.parameters()]
+    out = layer(x)
+    ref = layer.conv2d(F.pad(x, (3, 3, 3, 3), mode="reflect"))
+    assert out.shape == (2, cout, *size)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, params, g), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
+
+
+def column_layer_and_input(channels_last: bool):
+    torch.manual_seed(0)
+    layer = ColumnConvLayer(8, 3, 7)
+    x = torch.rand(2, 8, 12, 16)
+    if channels_last:
+        layer, x = layer.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    return layer, x.requires_grad_()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_column_conv_keeps_dtype_and_memory_format(channels_last):
+    """Under bf16 autocast the output is bf16 like the plain conv's, within bf16 rounding of it, and the output and
+    the input's gradient keep the input's memory format (a mixed format would slow every op after it)."""
+    layer, x = column_layer_and_input(channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+        plain = ConvLayer.forward(layer, x)
+    assert out.dtype == plain.dtype == torch.bfloat16
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    torch.testing.assert_close(out.float(), plain.float(), rtol=0.02, atol=0.02)
+    grad = torch.autograd.grad(out.float().sum(), x)[0]
+    assert grad.is_contiguous(memory_format=torch.channels_last) == channels_last
+    torch.testing.assert_close(grad, torch.autograd.grad(plain.float().sum(), x)[0], rtol=0.03, atol=0.03)
+
+
+def test_column_conv_trains_under_inductor():
+    layer, x = column_layer_and_input(channels_last=True)
+    got = torch.compile(layer)(x)
+    want = layer(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(want)
+    params = [x, *layer.parameters()]
+    for a, b in zip(torch.autograd.grad(got, params, g), torch.autograd.grad(want, params, g), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
