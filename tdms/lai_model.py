@@ -11,7 +11,7 @@ so their released weights load with original_quirks=True (dead IN buffers, as in
 import torch
 import torch.nn as nn
 
-from tdms.model import NORMS, ConvLayer, ResidualBlock, UpsampleConvLayer
+from tdms.model import NORMS, ColumnConvLayer, ConvLayer, ResidualBlock, UpsampleConvLayer
 
 State = tuple[torch.Tensor, torch.Tensor]  # (hidden, cell), each (B,4nf,H/4,W/4)
 
@@ -62,7 +62,7 @@ class LaiNet(nn.Module):
         self.convlstm = ConvLSTM(nf * 4)
         self.deconv1 = UpsampleConvLayer(nf * 4, nf * 2, 3, 1, norm, q)
         self.deconv2 = UpsampleConvLayer(nf * 4, nf, 3, 1, norm, q)  # 2nf upsampled + 2nf skip (E2a)
-        self.deconv3 = ConvLayer(nf * 2, 3, 7)  # nf + nf skip (E1a); no norm in the original either
+        self.deconv3 = ColumnConvLayer(nf * 2, 3, 7)  # nf + nf skip (E1a); no norm in the original either
         self.relu = nn.LeakyReLU(0.2)
 
     def forward(self, i_prev, i_t, o_prev, p_t, state: State | None = None) -> dict:

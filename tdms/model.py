@@ -115,8 +115,9 @@ class ColumnConvLayer(ConvLayer):
 
     def forward(self, x):
         k = self.conv2d.kernel_size[0]
-        if x.device.type != "cpu" or self.conv2d.stride != (1, 1) or min(x.shape[-2:]) <= k // 2:  # (too small
-            return super().forward(x)  # to reflect: the plain layer says so)
+        too_small = min(x.shape[-2:]) <= k // 2  # cannot be reflected: the plain layer's error says so
+        if x.device.type != "cpu" or self.conv2d.stride != (1, 1) or too_small:
+            return super().forward(x)
         weight = self.conv2d.weight
         cols = weight.permute(3, 0, 1, 2).reshape(k * weight.shape[0], -1, k, 1)  # channel d·C + c: column d's share
         with own_dtype(x):
