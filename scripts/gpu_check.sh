@@ -8,7 +8,9 @@
 #    tests are left out: its operators need opencv-contrib, which GPU images rarely hold).
 # 3. OUT/benchmark.txt and OUT/benchmark.json: scripts/benchmark.py on the GPU (bf16/fp16, channels_last,
 #    CUDA graphs, 8 videos a batch, 100 frames), training cached vs on the fly with FlowNet2; the FlowNet2
-#    file is written with the real architecture and random values (cost does not depend on them).
+#    file is written with the real architecture and random values (cost does not depend on them). Its
+#    "output_layers" rows time the 7×7 output layers by the plain conv and by columns on the GPU: the column
+#    route is on for CPU only (ColumnConvLayer.devices) until those figures say it pays on CUDA too.
 # 4. OUT/benchmark_compile.txt: the forward with torch.compile on top.
 # Missing Python packages (scikit-video, lpips) can be installed from wheels first: PIP_WHEELS=DIR.
 set -uo pipefail

@@ -11,6 +11,8 @@ Per frame size (default 854×480 and 1280×720), `frames` timed frames each (def
   gmac_per_frame, achieved_gflops, peak_gflops (matmul in the config's dtype), fraction_of_peak; the fp32_* keys
   hold the fp32 channels_last forward against the fp32 matmul peak (the CPU roofline)
   peak_memory_mb        CPU: the process's peak RSS so far; CUDA: max_memory_allocated during this size
+  output_layers         per narrow output layer: ms forward and forward+backward by the plain conv and by
+                        columns (ColumnConvLayer's CPU route), and the largest difference of their outputs
 Training, once, at crop 192 on a small generated Lai et al. layout (tdms.train.clip_losses, batch 2, 5 frames),
 in the first size's config (train_amp, train_channels_last) through the trainer's DataLoader (train_workers):
   train_steps_per_s_cached (flows from the flow cache) and train_steps_per_s_on_the_fly (F* computed by the same
@@ -38,7 +40,7 @@ from tdms.flow import build_flow
 from tdms.flow.cache import FlowCache
 from tdms.infer import open_pair, pad_to, prefetch, process_video, step_frames
 from tdms.io import write_frame
-from tdms.model import TDMSNet, UpsampleConvLayer
+from tdms.model import ColumnConvLayer, ConvLayer, TDMSNet, UpsampleConvLayer
 from tdms.runner import AMP, make_step
 from tdms.train import Aux, check_amp, clip_losses, optimizer_step
 
@@ -193,6 +195,48 @@ def naive_frames_on_disk(model, device: torch.device, clip: Path, out: Path) -> 
     return len(ins) - 1
 
 
+def route_ms(fn, x: torch.Tensor, device: torch.device, amp: str, reps: int) -> tuple[torch.Tensor, float, float]:
+    """fn(x)'s output, and ms forward and forward+backward (the best of `reps`, after a warm-up) under `amp`."""
+    dt = AMP[amp]
+
+    def forward():
+        with torch.inference_mode(), torch.autocast(device.type, dt or torch.float32, enabled=dt is not None):
+            return fn(x)
+
+    def both():
+        with torch.autocast(device.type, dt or torch.float32, enabled=dt is not None):
+            y = fn(x.detach().requires_grad_())
+        y.float().sum().backward()
+
+    times = []
+    for run in (forward, both):
+        run()  # kernel choice
+        times.append(1e3 * min(timed(run, device) for _ in range(reps)))
+    return forward().float(), times[0], times[1]
+
+
+def output_layer_routes(model, device: torch.device, h: int, w: int, amp: str, channels_last: bool,
+                        reps: int = 3) -> dict:
+    """The model's narrow k×k output layers (ColumnConvLayer) on h×w inputs, in `amp` and the memory format, by the
+    plain conv and by columns: ms forward and forward+backward and the largest difference of the two outputs. It
+    says whether the column route pays on the device (forward takes it on ColumnConvLayer.devices only, CPU).
+    Layers are copied: the model's own parameters get no gradients."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = {}
+    for name, layer in model.named_modules():
+        if not isinstance(layer, ColumnConvLayer):
+            continue
+        layer = copy.deepcopy(layer).float().to(device, memory_format=fmt)
+        x = torch.rand(1, layer.conv2d.in_channels, h, w, device=device).contiguous(memory_format=fmt)
+        x = x.to(AMP[amp]) if AMP[amp] else x
+        plain, *plain_ms = route_ms(lambda x, layer=layer: ConvLayer.forward(layer, x), x, device, amp, reps)
+        cols, *cols_ms = route_ms(layer.by_columns, x, device, amp, reps)
+        out[name] = {"plain_forward_ms": plain_ms[0], "plain_forward_backward_ms": plain_ms[1],
+                     "columns_forward_ms": cols_ms[0], "columns_forward_backward_ms": cols_ms[1],
+                     "max_abs_diff": (plain - cols).abs().max().item()}
+    return out
+
+
 def forward_variants(device: torch.device) -> list[tuple[str, bool]]:
     variants = [("fp32", False), ("fp32", True), ("bf16", True)]
     return variants + [("fp16", True)] if device.type == "cuda" else variants
@@ -214,6 +258,8 @@ def measure_size(model, device: torch.device, h: int, w: int, frames: int, batch
         dtype, channels_last = best.split()[0], best.endswith("channels_last")
     r.update(dtype=dtype, channels_last=bool(channels_last), compile=compile, cuda_graph=cuda_graph)
     step = make_step(model, device, dtype, bool(channels_last), compile, cuda_graph)
+    log(f"{w}×{h}: output layers, plain and by columns")
+    r["output_layers"] = output_layer_routes(model, device, hp, wp, dtype, bool(channels_last))
     clips = []
     for k in range(batch_videos):
         clips.append(workdir / f"{w}x{h}" / f"clip{k}")

@@ -110,14 +110,21 @@ class ColumnConvLayer(ConvLayer):
     at ~1/5 of the machine's conv speed). Here a k×1 conv gives, for every tap column d, that column's share of each
     output (k·C channels: two blocks for C = 3, one for C = 2), and ShiftSum adds the shares shifted by d. Only the
     rows are reflection-padded on the input; the columns are reflected on the k·C-channel shares. Same weights and
-    the same function, up to rounding. Elsewhere (CUDA, unmeasured there) it is the plain layer.
+    the same function, up to rounding. On other devices it is the plain layer: on CUDA the route is unmeasured
+    (`tdms.benchmark.output_layer_routes` times both, and scripts/gpu_check.sh runs it).
     """
+
+    devices = ("cpu",)  # where forward takes the column route
 
     def forward(self, x):
         k = self.conv2d.kernel_size[0]
         too_small = min(x.shape[-2:]) <= k // 2  # cannot be reflected: the plain layer's error says so
-        if x.device.type != "cpu" or self.conv2d.stride != (1, 1) or too_small:
+        if x.device.type not in self.devices or self.conv2d.stride != (1, 1) or too_small:
             return super().forward(x)
+        return self.by_columns(x)
+
+    def by_columns(self, x):
+        k = self.conv2d.kernel_size[0]
         weight = self.conv2d.weight
         cols = weight.permute(3, 0, 1, 2).reshape(k * weight.shape[0], -1, k, 1)  # channel d·C + c: column d's share
         with own_dtype(x):

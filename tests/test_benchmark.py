@@ -18,7 +18,7 @@ PER_SIZE = ("height", "width", "frames", "gmac_per_frame", "forward_variants", "
             "cuda_graph", "end_to_end_fps", "forward_fps", "naive_fps", "batched_videos", "batched_fps",
             "batched_forward_fps", "end_to_end_over_forward", "end_to_end_over_naive", "peak_gflops",
             "achieved_gflops", "fraction_of_peak", "fp32_forward_fps", "fp32_achieved_gflops", "fp32_peak_gflops",
-            "fp32_fraction_of_peak", "peak_memory_mb")
+            "fp32_fraction_of_peak", "peak_memory_mb", "output_layers")
 TRAIN = ("train_steps_per_s_cached", "train_steps_per_s_on_the_fly", "train_samples_per_s_cached",
          "train_samples_per_s_on_the_fly", "train_cached_over_on_the_fly", "train_flow_s_per_step",
          "train_peak_memory_mb")
@@ -47,6 +47,12 @@ def test_json_has_every_key_with_sane_values(tmp_path, capsys):
         assert s["achieved_gflops"] == pytest.approx(2 * s["gmac_per_frame"] * s["forward_fps"])
         assert s["fp32_fraction_of_peak"] == pytest.approx(s["fp32_achieved_gflops"] / s["fp32_peak_gflops"])
         assert s["batched_videos"] == 2 and s["frames"] == 1
+        assert set(s["output_layers"]) == {"deconv3", "deconv3_w", "deconv3_f"}
+        for layer in s["output_layers"].values():
+            for key in ("plain_forward_ms", "columns_forward_ms", "plain_forward_backward_ms",
+                        "columns_forward_backward_ms"):
+                assert positive(layer[key]), (key, layer)
+            assert layer["max_abs_diff"] < (0.05 if s["dtype"] == "bf16" else 1e-4)  # the same function
     # the top level keeps the first version's keys (the first size) and adds the device-wide ones
     for key in PER_SIZE:
         assert r[key] == r["sizes"][0][key]

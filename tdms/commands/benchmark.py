@@ -85,6 +85,10 @@ def table(r: dict) -> str:
     row("fraction of peak", "{:.2f}".format, [s["fraction_of_peak"] for s in sizes])
     row("fp32 NHWC forward / fp32 matmul peak", "{:.2f}".format, [s["fp32_fraction_of_peak"] for s in sizes])
     row("peak memory (MB)", "{:.0f}".format, [s["peak_memory_mb"] for s in sizes])
+    for what, label in (("forward", "fwd"), ("forward_backward", "fwd+bwd")):  # the 3 layers summed
+        row(f"output convs {label} plain/columns (ms)", str,
+            ["/".join(f"{sum(v[f'{route}_{what}_ms'] for v in s['output_layers'].values()):.1f}"
+                      for route in ("plain", "columns")) for s in sizes])
     if "train_steps_per_s_cached" in r:
         lines.append(f"training at crop {r['train_crop']}, batch {r['train_batch']}, {r['train_sample_frames']} "
                      f"frames, {r['train_amp']}{' NHWC' if r['train_channels_last'] else ''}, "
