@@ -129,12 +129,22 @@ def _merge(obj, values: dict, where: str):
         setattr(obj, key, value)
 
 
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: what went wrong and where ("line 3, column 5")."""
+    mark = getattr(e, "problem_mark", None)
+    where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(e, 'problem', None) or type(e).__name__}{where}"
+
+
 def parse_override(text: str) -> dict:
     """'a.b=3' -> {'a': {'b': 3}}; the value is parsed as YAML (numbers, booleans, strings)."""
     if "=" not in text:
         raise ValueError(f"override {text!r} is not of the form section.key=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ValueError(f"override {text!r}: the value is not valid YAML ({yaml_problem(e)})") from None
     out: dict = {}
     node = out
     parts = key.strip().split(".")
@@ -151,7 +161,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), cls=C
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        values = yaml.safe_load(path.read_text()) or {}
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML ({yaml_problem(e)})") from None
         if not isinstance(values, dict):
             raise ValueError(f"{path}: the top level must be a mapping")
         try:

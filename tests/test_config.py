@@ -18,6 +18,7 @@ def test_defaults_yaml_then_overrides(tmp_path):
     ("nope: 1\n", "unknown config key 'nope'"),
     ("train:\n  steps: many\n", "wants int"),
     ("data: 3\n", "is a section"),
+    ("train:\n  steps: 3\n bad: [\n", r"x.yaml: not valid YAML \(.*line 3"),  # no parser traceback
 ])
 def test_bad_yaml(tmp_path, text, match):
     f = tmp_path / "x.yaml"
@@ -31,6 +32,8 @@ def test_bad_override():
         load_config(None, ["train.stepz=3"])
     with pytest.raises(ValueError, match="not of the form"):
         parse_override("train.steps")
+    with pytest.raises(ValueError, match=r"override 'train.steps=\[1,': the value is not valid YAML"):
+        parse_override("train.steps=[1,")
 
 
 def test_round_trip_dict():

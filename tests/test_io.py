@@ -134,6 +134,14 @@ def test_read_truncated_raises(tmp_path, ext, keep):
         read_frame(cut)
 
 
+def test_read_empty_file_names_it(tmp_path):
+    """A 0-byte frame (a copy that never finished) is a clear error naming the file, not OpenCV's assertion."""
+    empty = tmp_path / "00001.png"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=f"{empty}: empty file"):
+        read_frame(empty)
+
+
 def test_is_truncated_markers(tmp_path):
     # Some OpenCV builds decode a JPEG without its end marker (grey bottom rows): the byte check catches it.
     for ext in (".jpg", ".png"):

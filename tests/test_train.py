@@ -561,3 +561,16 @@ def test_flow_prior_trains_on_the_cached_flow_and_must_match_it(lai_root, tmp_pa
     bad = config(lai_root, tmp_path, **{"model.flow_prior": "dis-fast", "train.out": str(tmp_path / "b")})
     with pytest.raises(ValueError, match="flow_prior=dis-fast must be the training flow"):
         train_module.train(bad)
+
+
+def test_ctrl_c_says_the_last_checkpoint_is_intact(monkeypatch, capsys, tmp_path):
+    """Ctrl-C in tdms-train: one line (no traceback) pointing at the run folder, exit status 130."""
+    import tdms.commands.train as cli
+
+    def interrupted(cfg, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "train", interrupted)
+    assert cli.main([f"train.out={tmp_path / 'run'}"]) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted; the last checkpoint in {tmp_path / 'run'} is intact" in err and "Traceback" not in err

@@ -36,6 +36,11 @@ def main(argv=None) -> int:
         rank = f" [rank {world.rank}]" if world.distributed else ""
         print(f"tdms-train{rank}: error: {e}", file=sys.stderr)
         return 1  # under torchrun the other processes are stopped; the last checkpoint stays as it was
+    except KeyboardInterrupt:
+        if world.main:  # checkpoints are written atomically: the last one is whole
+            print(f"tdms-train: interrupted; the last checkpoint in {cfg.train.out} is intact "
+                  "(--resume continues from it)", file=sys.stderr)
+        return 130
     finally:
         distributed.close()
     if world.main:
