@@ -27,6 +27,14 @@ def image_files(folder: Path) -> list[Path]:
     ]
 
 
+def frame_number(p: Path) -> int:
+    """The frame number of a frame file: the last integer of its name ("frame_2.png" -> 2)."""
+    numbers = re.findall(r"\d+", p.stem)
+    if not numbers:
+        raise ValueError(f"{p}: frame file name has no number")
+    return int(numbers[-1])
+
+
 def list_frames(folder) -> list[Path]:
     """Image files of a frame folder in numeric order.
 
@@ -47,14 +55,25 @@ def list_frames(folder) -> list[Path]:
         raise ValueError(f"{folder}: mixed image types {', '.join(exts)} in one frame folder")
     by_index: dict[int, Path] = {}
     for p in files:
-        numbers = re.findall(r"\d+", p.stem)  # the frame number is the last integer: "frame_2" -> 2
-        if not numbers:
-            raise ValueError(f"{p}: frame file name has no number")
-        i = int(numbers[-1])
+        i = frame_number(p)
         if i in by_index:
             raise ValueError(f"{folder}: {by_index[i].name} and {p.name} have the same frame number {i}")
         by_index[i] = p
     return [by_index[i] for i in sorted(by_index)]
+
+
+def check_paired(*sources) -> None:
+    """Frames of several sources (FrameSource) pair by position. For frame folders, that pairs the same moments
+    only if their numbers keep one offset (00000.. against 00001.., as ffmpeg numbers, is fine); a frame missing
+    from one folder shifts every later pair, and that is an error naming the first pair it shifts."""
+    folders = [src for src in sources if src.paths is not None]
+    for src in folders[1:]:
+        ref = folders[0]
+        offset = frame_number(src.paths[0]) - frame_number(ref.paths[0])
+        for a, b in zip(ref.paths, src.paths, strict=False):  # counts are checked apart, with their own error
+            if frame_number(b) - frame_number(a) != offset:
+                raise ValueError(f"frame numbers do not pair up: {b} comes where {a} does (a frame missing from "
+                                 f"{src.path} or {ref.path}? frames pair by position)")
 
 
 def is_truncated(data: bytes) -> bool:

@@ -14,6 +14,7 @@ from tdms.io import (
     FrameSource,
     FrameWriter,
     check_output,
+    check_paired,
     frames_to_tensor,
     is_truncated,
     list_frames,
@@ -331,3 +332,19 @@ def test_tensor_conversions():
         tensor_to_frame(torch.zeros(2, 3, 4, 6))
     with pytest.raises(ValueError, match="frame"):
         frames_to_tensor(np.zeros((3, 4, 6), np.float32))
+
+
+def test_frames_pair_by_number_up_to_one_offset(tmp_path):
+    """Same numbers or one offset (00001.. from ffmpeg against 00000..) pair; a gap in one folder is an error that
+    names the first frame it shifts."""
+    frame = (moving_clip(1, 8, 8)[0] * 255).astype(np.uint8)
+
+    def folder(name, numbers):
+        for i in numbers:
+            save_rgb(tmp_path / name / f"{i:05d}.png", frame)
+        return FrameSource(tmp_path / name)
+
+    ref = folder("I", range(4))
+    check_paired(ref, folder("same", range(4)), folder("from_one", range(1, 5)))
+    with pytest.raises(ValueError, match=r"gap.00002.png comes where .*I.00001.png does \(a frame missing"):
+        check_paired(ref, folder("gap", (0, 2, 3, 4)))
