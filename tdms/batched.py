@@ -7,7 +7,6 @@ another, and a pool of threads writes the frames. Outputs equal the one-video pa
 """
 
 import os
-import shutil
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tdms.infer import commit, pad_to, partial_path, prefetch
+from tdms.infer import commit, pad_to, partial_path, prefetch, remove_partial
 from tdms.io import write_frame
 
 WRITERS = min(8, max(2, os.cpu_count() or 2))  # PNG encoding keeps up with a GPU only in parallel
@@ -136,35 +135,41 @@ def write_outputs(results: Iterator[tuple[int, np.ndarray]], targets: list[Targe
     """Write the (k, O_t) results as frame folders by a pool of threads; yield (k, meta) as each video completes.
 
     Frames go to a hidden partial folder; a complete video gets its marker and is moved into place
-    (infer.commit), so a killed run leaves only partial folders, which the next run replaces.
+    (infer.commit). An exception (or closing this generator) removes the partial folders this run started; a
+    killed run leaves them, and the next run replaces them.
     """
     written, started = [0] * len(targets), [0.0] * len(targets)
     futures: list[list] = [[] for _ in targets]
     pending: deque = deque()
     total = sum(t.frames for t in targets)
-    with ThreadPoolExecutor(workers) as pool, tqdm(total=total, desc=desc, unit="frame", leave=False) as bar:
-        for k, img in results:
-            tgt, tmp = targets[k], partial_path(targets[k].out)
-            if written[k] == 0:
-                started[k] = time.time()
-                if tmp.exists():
-                    shutil.rmtree(tmp)
-                tmp.mkdir(parents=True)
-            if written[k] == tgt.frames:
-                raise ValueError(f"{tgt.out}: more than the {tgt.frames} frames expected")
-            futures[k].append(pool.submit(write_frame, tmp / f"{written[k]:05d}{ext}", img, quality))
-            pending.append(futures[k][-1])
-            written[k] += 1
-            bar.update(1)
-            while len(pending) > 4 * workers:  # bounded memory: wait for the oldest write
-                pending.popleft().result()
-            if written[k] == tgt.frames:
-                for f in futures[k]:
-                    f.result()
-                futures[k] = []
-                meta = {**tgt.meta, "frames": tgt.frames, "seconds": round(time.time() - started[k], 3)}
-                commit(tmp, tgt.out, meta)
-                yield k, meta
-    short = [(t, n) for t, n in zip(targets, written, strict=True) if n != t.frames]
-    if short:
-        raise ValueError(f"{short[0][0].out}: {short[0][1]} frames written, {short[0][0].frames} expected")
+    try:
+        with ThreadPoolExecutor(workers) as pool, tqdm(total=total, desc=desc, unit="frame", leave=False) as bar:
+            for k, img in results:
+                tgt, tmp = targets[k], partial_path(targets[k].out)
+                if written[k] == 0:
+                    started[k] = time.time()
+                    remove_partial(tgt.out)
+                    tmp.mkdir(parents=True)
+                if written[k] == tgt.frames:
+                    raise ValueError(f"{tgt.out}: more than the {tgt.frames} frames expected")
+                futures[k].append(pool.submit(write_frame, tmp / f"{written[k]:05d}{ext}", img, quality))
+                pending.append(futures[k][-1])
+                written[k] += 1
+                bar.update(1)
+                while len(pending) > 4 * workers:  # bounded memory: wait for the oldest write
+                    pending.popleft().result()
+                if written[k] == tgt.frames:
+                    for f in futures[k]:
+                        f.result()
+                    futures[k] = []
+                    meta = {**tgt.meta, "frames": tgt.frames, "seconds": round(time.time() - started[k], 3)}
+                    commit(tmp, tgt.out, meta)
+                    yield k, meta
+        short = [(t, n) for t, n in zip(targets, written, strict=True) if n != t.frames]
+        if short:
+            raise ValueError(f"{short[0][0].out}: {short[0][1]} frames written, {short[0][0].frames} expected")
+    except BaseException:  # the pool has finished its writes by now
+        for tgt, begun in zip(targets, started, strict=True):
+            if begun:  # a committed output has no partial left
+                remove_partial(tgt.out)
+        raise

@@ -17,7 +17,7 @@ import cv2
 from tqdm import tqdm
 
 from tdms.flow.cache import FlowCache
-from tdms.io import FrameSource, write_bytes_atomic
+from tdms.io import FrameSource, check_paired, write_bytes_atomic
 from tdms.lpips import lpips_distance
 from tdms.metrics import composite, psnr, relative_reduction, ssim, warping_error_pair
 from tdms.tracking import MOTION_PAIRS, Track, annotation_boxes, centre_box, check_box, motion_box, score_boxes, track
@@ -45,7 +45,8 @@ class Options:
 
 
 def open_videos(videos: dict[str, Path], resize: bool = False) -> dict[str, FrameSource]:
-    """Open {role: path}; all must have the first one's frame count (and size unless resize), >= 2 frames."""
+    """Open {role: path}; all must have the first one's frame count, numbers that pair up (io.check_paired) and
+    size (unless resize), >= 2 frames."""
     sources = {role: FrameSource(path) for role, path in videos.items()}
     (ref_role, ref), *others = sources.items()
     for role, src in others:
@@ -62,6 +63,7 @@ def open_videos(videos: dict[str, Path], resize: bool = False) -> dict[str, Fram
             )
     if len(ref) < 2:
         raise ValueError(f"{ref.path}: the warping error needs at least 2 frames, found {len(ref)}")
+    check_paired(*sources.values())
     return sources
 
 
@@ -91,7 +93,7 @@ def reference(cache: FlowCache, video: Path, spec: Tracking, progress: bool = Fa
     video = Path(video)
     annotated = spec.annotations is not None and Path(spec.annotations).is_dir()
     key = json.dumps([spec.tracker, spec.box, str(spec.annotations) if annotated else None, spec.object_id])
-    path = cache.paths(video, 0)[0].parent / f"track_{hashlib.sha1(key.encode()).hexdigest()[:10]}.json"
+    path = cache.folder(video) / f"track_{hashlib.sha1(key.encode()).hexdigest()[:10]}.json"
     if path.is_file():
         return json.loads(path.read_text())
     n = len(cache.source(video))

@@ -225,12 +225,32 @@ def test_cli_batch_videos_bad_input(tmp_path, ckpt, capsys):
     err = capsys.readouterr().err
     assert str(bad) in err and "differs from frame 0" in err
     assert read_frame(bad).shape == (20, 38, 3)  # input untouched
+    assert not list((tmp_path / "o").rglob(".*.partial"))  # the folders begun are removed
     for wrong in (["--batch-videos", "0"], ["--batch-videos", "2", "--method", "identity"]):
         with pytest.raises(SystemExit) as e:
             run_cli(["--data-dir", str(root), "--output", str(tmp_path / "x")] + wrong)
         assert e.value.code == 2
     with pytest.raises(SystemExit):
         run_cli(["--input", "i", "--processed", "p", "--output", str(tmp_path / "y"), "--batch-videos", "2"])
+
+
+def test_cli_batch_videos_ctrl_c(tmp_path, ckpt, capsys, monkeypatch):
+    from tdms.commands import test as command
+
+    def interrupted(*args):
+        for n, item in enumerate(batched_frames(*args)):
+            if n == 5:
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(command, "batched_frames", interrupted)
+    root = layout(tmp_path / "data", {"a": (4, 30, 38), "b": (4, 30, 38)})
+    out = tmp_path / "o"
+    assert run_cli(["--data-dir", str(root), "--output", str(out), "--checkpoint", str(ckpt), "--batch-videos",
+                    "2"]) == 130
+    err = capsys.readouterr().err
+    assert f"tdms-test: interrupted: 0 video(s) written to {out}" in err and "Traceback" not in err
+    assert not list(out.rglob(".*.partial"))
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -7,7 +7,7 @@ import pytest
 from skimage import data
 
 from tdms.commands.evaluate import main
-from tdms.io import FrameSource, write_frame
+from tdms.io import FrameSource, list_frames, read_frame, write_frame
 from tdms.lpips import load_lpips, lpips_distance
 from tests.test_lpips import write_backbone
 from tests.test_tracking import write_palette
@@ -139,6 +139,67 @@ def test_usage_errors_exit_2(tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["--input", "i", "--data-dir", "d", "--results", "r", "--out", str(tmp_path)])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--threads", "-1"), ("--jobs", "0"), ("--videos", "-1"), ("--device", "cuda"), ("--device", "gpu")],
+)
+def test_bad_threads_jobs_and_devices_exit_2_before_any_work(tmp_path, capsys, monkeypatch, flag, value):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # the same on a machine with a GPU
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
+    inp, proc, res = make_video(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        run(inp, res, tmp_path / "eval", flag, value, proc=proc)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and flag in err and value in err, err
+    assert "Traceback" not in err and not (tmp_path / "eval").exists()
+
+
+def test_bad_run_settings_in_batch_mode_exit_2(lai_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
+    base = ["--data-dir", str(lai_root), "--results", f"same={lai_root}", "--out", str(tmp_path / "e"), "--set"]
+    for setting in ("run.jobs=0", "run.threads=-2", "flow.device=cuda:1"):
+        with pytest.raises(SystemExit) as e:
+            main([*base, setting])
+        assert e.value.code == 2 and setting.split("=")[0] in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
+
+
+def test_out_must_be_a_folder_tdms_evaluate_wrote(lai_root, tmp_path, capsys):
+    inp, proc, res = make_video(tmp_path)
+    user = tmp_path / "UserE"
+    user.mkdir()
+    (user / "metrics.json").write_text("mine")
+    assert run(inp, res, user, "--no-tracking") == 1
+    err = capsys.readouterr().err
+    assert str(user) in err and "metrics.json" in err and "Traceback" not in err
+    assert [p.name for p in user.iterdir()] == ["metrics.json"] and (user / "metrics.json").read_text() == "mine"
+    batch = ["--data-dir", str(lai_root), "--results", f"same={lai_root}", "--no-tracking", "--out", str(user)]
+    assert main(batch) == 1 and str(user) in capsys.readouterr().err
+    assert [p.name for p in user.iterdir()] == ["metrics.json"]
+    text = tmp_path / "file.txt"
+    text.write_text("mine")
+    assert run(inp, res, text, "--no-tracking") == 1
+    err = capsys.readouterr().err
+    assert f"{text} is a file, not a folder" in err and "Traceback" not in err and text.read_text() == "mine"
+    empty = tmp_path / "empty"  # an empty folder becomes ours; a rerun into our own folder works
+    empty.mkdir()
+    assert run(inp, res, empty, "--no-tracking") == 0
+    assert run(inp, res, empty, "--no-tracking") == 0 and (empty / "metrics.json").is_file()
+
+
+def test_rerun_after_the_input_frames_change_uses_their_new_flows(tmp_path):
+    inp, proc, res = make_video(tmp_path)
+    assert run(inp, res, tmp_path / "ev", proc=proc) == 0
+    first = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    for path in list_frames(inp):  # the same files, mirrored in place
+        write_frame(path, read_frame(path)[:, ::-1])
+    assert run(inp, res, tmp_path / "ev", proc=proc) == 0
+    assert run(inp, res, tmp_path / "fresh", proc=proc) == 0
+    again, fresh = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("ev", "fresh"))
+    assert again == fresh and again["warping_error"] > 2 * first["warping_error"]
 
 
 def test_out_inside_evaluated_folder_exits_1(tmp_path, capsys):

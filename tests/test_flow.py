@@ -237,6 +237,11 @@ def test_cache_on_a_video_file(tmp_path):
     assert backend.calls == 2
     fw, _, _ = cache.pair(path, 1)
     assert backend.calls == 2 and abs(fw[0, 20:-20, 20:-20].median() - 2.0) < 0.3
+    with FrameWriter(path, overwrite=True) as writer:  # the same name and length, the scene moving left
+        for i in range(3):
+            writer.write(shifted_pair(-2.0 * i, 0.0)[1])
+    fw, _, _ = FlowCache(tmp_path / "cache", backend).pair(path, 1)
+    assert backend.calls == 3 and abs(fw[0, 20:-20, 20:-20].median() + 2.0) < 0.3
 
 
 def test_cache_forward_reads_fw_and_occlusion_only(tmp_path, video):
@@ -250,3 +255,17 @@ def test_cache_forward_reads_fw_and_occlusion_only(tmp_path, video):
     occ_path.unlink()  # no occlusion and no bw: the pair is computed again
     fw3, occ3 = cache.forward(video, 0)
     assert backend.calls == 2 and torch.equal(fw3, fw) and torch.equal(occ3, occ) and bw_path.exists()
+
+
+def test_cache_recomputes_frames_changed_in_place(tmp_path, video):
+    backend = CountingFlow()
+    fw, _, _ = FlowCache(tmp_path / "cache", backend).pair(video, 0)
+    assert abs(fw[0, 20:-20, 20:-20].median() - 2.0) < 0.3
+    for i in range(3):  # same names, count and size; mirrored, the scene moves left
+        write_frame(video / f"{i:05d}.png", shifted_pair(2.0 * i, -1.0 * i)[1][:, ::-1])
+    cache = FlowCache(tmp_path / "cache", backend)
+    fw, _, _ = cache.pair(video, 0)
+    assert backend.calls == 2 and abs(fw[0, 20:-20, 20:-20].median() + 2.0) < 0.3
+    cache.prepare(video, progress=False)  # pair 1 of the new frames is missing, pair 0 is there
+    assert backend.calls == 3
+    assert FlowCache(tmp_path / "cache", backend).pair(video, 1)[0].shape == (2, H, W) and backend.calls == 3

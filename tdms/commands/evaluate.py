@@ -9,6 +9,7 @@ Examples:
 
 One video: OUT/metrics.json (and OUT/warping_error.png). Batch: OUT/<method>/videos/... (one JSON per
 video, reused by a rerun), OUT/videos.csv, OUT/tables.md, OUT/metrics.json, OUT/plots/ and OUT/videos/.
+OUT must be new, empty, or a folder tdms-evaluate wrote (it marks them with a hidden .tdms-evaluate file).
 Flows are computed on the input frames once and cached (default: OUT/flow_cache for one video,
 DATA/cache/flow in batch mode). LPIPS needs torchvision's backbone file ($TORCH_HOME/hub/checkpoints/,
 e.g. alexnet-owt-7be5be79.pth) or --lpips-weights; without it LPIPS and the composite are null, with the
@@ -23,6 +24,8 @@ import math
 import sys
 from dataclasses import asdict
 from pathlib import Path
+
+import torch
 
 from tdms import distributed
 from tdms.batch import PROCESSED, EvalConfig, plan, run, set_threads
@@ -39,6 +42,19 @@ from tdms.viz import plot_series
 
 SINGLE_COLUMNS = ("n_frames", "warping_error_processed", "warping_error", "relative_reduction", "psnr", "ssim",
                   "lpips", "tracking_iou", "composite")
+MARKER = ".tdms-evaluate"  # marks a folder tdms-evaluate wrote, the only non-empty kind it writes into
+RUN_MINIMUMS = {"jobs": 1, "threads": 0, "videos": 0}  # of --jobs, --threads, --videos and run.*
+
+
+def at_least(minimum: int):
+    """argparse type: a whole number >= minimum."""
+
+    def parse(text: str) -> int:
+        if not text.lstrip("-").isdigit() or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, got {text}")
+        return int(text)
+
+    return parse
 
 
 def parser() -> argparse.ArgumentParser:
@@ -67,10 +83,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--annotations", help="one video: DAVIS annotation folder of palette PNGs %%05d.png")
     p.add_argument("--object-id", type=int, help="one video: annotation id to track (default the largest)")
     p.add_argument("--resize", action="store_true", help="resize frames of another size instead of failing")
-    p.add_argument("--jobs", type=int, help="batch: parallel processes (default 1)")
-    p.add_argument("--videos", type=int, help="batch: comparison videos for the first N videos (default 3)")
-    p.add_argument("--threads", type=int, help="torch/OpenCV threads (default theirs; 1 helps on a busy machine)")
-    p.add_argument("--out", help="folder for the reports (batch: default run.out of the config)")
+    p.add_argument("--jobs", type=at_least(RUN_MINIMUMS["jobs"]), help="batch: parallel processes (default 1)")
+    p.add_argument("--videos", type=at_least(RUN_MINIMUMS["videos"]),
+                   help="batch: comparison videos for the first N videos (default 3)")
+    p.add_argument("--threads", type=at_least(RUN_MINIMUMS["threads"]),
+                   help="torch/OpenCV threads (default 0: theirs; 1 helps on a busy machine)")
+    p.add_argument("--out", help="folder for the reports: new, empty or written by tdms-evaluate (batch: default "
+                                 "run.out of the config)")
     return p
 
 
@@ -103,6 +122,37 @@ def check_out(out: Path, folders) -> None:
             raise ValueError(f"--out {out} is inside {folder}, which is being evaluated; pick another folder")
 
 
+def claim_out(out: Path) -> None:
+    """Make out ours to write: a new or empty folder, or one with our marker; a folder of other files is refused."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    marker = out / MARKER
+    if out.is_dir() and not marker.is_file():
+        names = sorted(p.name for p in out.iterdir())
+        if names:
+            more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+            raise ValueError(
+                f"--out {out} is not empty and tdms-evaluate did not write it (it holds {', '.join(names[:5])}{more}; "
+                f"no {MARKER}); refusing to overwrite its files: choose a new or empty folder"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text("tdms-evaluate wrote this folder; it rewrites its reports here on a rerun\n")
+
+
+def check_device(name: str, option: str) -> None:
+    """A device torch cannot use here fails now, before any work, naming it."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"{option} {name}: not a torch device ({err})") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ValueError(f"{option} {name}: this machine has {count} usable CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{option} {name}: MPS is not available on this machine")
+
+
 def lpips_option(args) -> tuple[object, str]:
     if args.no_lpips:
         return None, "skipped (--no-lpips)"
@@ -116,6 +166,7 @@ def run_single(args, out: Path) -> None:
     (results,) = args.results
     sources = [args.input, results] + ([args.processed] if args.processed else [])
     check_out(out, sources)
+    claim_out(out)
     cache = FlowCache(args.cache or out / "flow_cache", build_flow(args.flow or "dis", args.flow_preset or "medium",
                                                                     args.device or "cpu", args.flow_checkpoint or ""))
     box = parse_box(args.box) if args.box else None
@@ -161,12 +212,17 @@ def batch_config(args) -> EvalConfig:
     for (section, key), value in flags.items():
         if value is not None:
             setattr(getattr(cfg, section), key, value)
+    for key, minimum in RUN_MINIMUMS.items():
+        if getattr(cfg.run, key) < minimum:
+            raise ValueError(f"run.{key} must be >= {minimum}, got {getattr(cfg.run, key)}")
+    check_device(cfg.flow.device, "--device" if args.device else "flow.device")
     return cfg
 
 
 def run_batch(cfg: EvalConfig) -> None:
     out = Path(cfg.run.out)
     check_out(out, [Path(cfg.data.root) / cfg.data.phase, *cfg.methods.values()])
+    claim_out(out)
     world = distributed.init("cpu")  # under torchrun: each process scores its share of the videos
     try:
         rows, info = run(cfg, world=world)
@@ -220,6 +276,11 @@ def main(argv=None) -> int:
         p.error(str(err))
     if not batch and world.distributed:
         p.error("several processes (torchrun) split batch mode's videos; one video takes one process")
+    if not batch and args.device:
+        try:
+            check_device(args.device, "--device")
+        except ValueError as err:
+            p.error(str(err))
     try:
         if batch:
             try:

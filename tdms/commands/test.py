@@ -12,6 +12,7 @@ Examples:
 
 import argparse
 import hashlib
+import math
 import sys
 import time
 from pathlib import Path
@@ -28,8 +29,11 @@ from tdms.flow import build_flow
 from tdms.infer import (
     AMP,
     METHODS,
+    check_replaceable,
     identity_frames,
+    input_identity,
     is_complete,
+    is_video,
     naive_frames,
     open_pair,
     prefetch,
@@ -38,6 +42,7 @@ from tdms.infer import (
     resized,
     step_frames,
 )
+from tdms.io import check_output
 from tdms.runner import make_step
 from tdms.train import pick_device
 
@@ -65,7 +70,7 @@ def parser() -> argparse.ArgumentParser:
                    help="dataset mode: run this many videos of one frame size in one batch")
     p.add_argument("--flow", default="dis", help="flow backend of the naive and bonneel methods")
     p.add_argument("--lambda", dest="lam", type=float, default=1.0, help="bonneel: temporal weight λ (0 = P)")
-    p.add_argument("--jpeg-quality", type=int, help="write JPEG frames at this quality instead of PNG")
+    p.add_argument("--jpeg-quality", type=int, help="write JPEG frames at this quality (1-100) instead of PNG")
     p.add_argument("--resize-processed", action="store_true", help="resize P to I's size instead of failing")
     p.add_argument("--redo", action="store_true", help="recompute outputs that are already complete")
     return p
@@ -102,18 +107,26 @@ def make_method(args, device):
 
 def run_one(method, input_path, processed_path, out: Path, args, made_by: dict, desc="") -> dict | None:
     src_i, src_p = open_pair(input_path, processed_path, args.resize_processed)
-    if is_complete(out, len(src_i), made_by) and not args.redo:
+    meta = {**made_by, **input_identity(src_i, src_p)}
+    if is_complete(out, len(src_i), meta) and not args.redo:
         return None
     prepare_output(out, [src_i.path, src_p.path], args.redo)
     if not args.data_dir:
         print(f"  {len(src_i)} frames of {src_i.size[1]}×{src_i.size[0]} from {src_i.path} and {src_p.path}")
     pairs = prefetch(zip(src_i, resized(src_p, src_i.size), strict=True))
-    meta = {**made_by, "input": str(src_i.path), "processed": str(src_p.path)}
     return process_video(method(pairs), out, len(src_i), src_p.fps, meta, *frame_format(args), desc)
 
 
 def frame_format(args) -> tuple[str, int | None]:
-    return (".jpg", args.jpeg_quality) if args.jpeg_quality else (".png", None)
+    return (".jpg", args.jpeg_quality) if args.jpeg_quality is not None else (".png", None)
+
+
+def output_format(args) -> str:
+    """What the outputs are written as, kept in the marker: "video", ".png" or ".jpg q90"."""
+    if is_video(Path(args.output)) and not args.data_dir:
+        return "video"
+    ext, quality = frame_format(args)
+    return ext if quality is None else f"{ext} q{quality}"
 
 
 def run_batched(step, jobs, args, device, made_by: dict):
@@ -121,14 +134,14 @@ def run_batched(step, jobs, args, device, made_by: dict):
     videos, targets = [], []
     for i, p, o, name in jobs:
         src_i, src_p = open_pair(i, p, args.resize_processed)
-        if is_complete(o, len(src_i), made_by) and not args.redo:
+        meta = {**made_by, **input_identity(src_i, src_p)}
+        if is_complete(o, len(src_i), meta) and not args.redo:
             yield name, None
             continue
         prepare_output(o, [src_i.path, src_p.path], args.redo)
         # each video decodes in its own thread, started when the video joins a batch
         videos.append(Video(name, src_i.size, prefetch(zip(src_i, resized(src_p, src_i.size), strict=True))))
-        meta = {**made_by, "input": str(src_i.path), "processed": str(src_p.path), "batch_videos": args.batch_videos}
-        targets.append(Target(o, len(src_i), meta))
+        targets.append(Target(o, len(src_i), {**meta, "batch_videos": args.batch_videos}))
     for g, group in enumerate(groups := group_by_size(videos), 1):
         h, w = videos[group[0]].size
         results = batched_frames(step, [videos[k] for k in group], args.batch_videos, device)
@@ -149,15 +162,38 @@ def dataset_jobs(args) -> list[tuple[Path, Path, Path, str]]:
     return jobs
 
 
-def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+def check_args(args) -> None:
+    """Usage errors, found before anything loads (argparse's exit 2)."""
     if not args.data_dir and not (args.input and args.processed):
         parser().error("give --input and --processed, or --data-dir for dataset mode")
     if args.batch_videos < 1:
         parser().error(f"--batch-videos must be >= 1, got {args.batch_videos}")
     if args.batch_videos > 1 and not (args.data_dir and args.method == "tdms"):
         parser().error("--batch-videos is for dataset mode (--data-dir) with --method tdms")
+    if not (args.lam >= 0 and math.isfinite(args.lam)):
+        parser().error(f"--lambda must be a finite number >= 0 (0 = P), got {args.lam}")
+    if args.jpeg_quality is not None and not 1 <= args.jpeg_quality <= 100:
+        parser().error(f"--jpeg-quality must be in 1..100, got {args.jpeg_quality}")
+    if args.jpeg_quality is not None and is_video(Path(args.output)) and not args.data_dir:
+        parser().error(f"--jpeg-quality is for frame folders; {args.output} is a video")
+    if args.device != "auto":
+        try:
+            torch.device(args.device)
+        except RuntimeError:
+            parser().error(f"--device: unknown device {args.device!r}; use auto, cpu, cuda or cuda:N")
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    check_args(args)
+    out = Path(args.output)
+    done, finished = None, 0
     try:
+        if args.data_dir and out.exists() and not out.is_dir():
+            raise ValueError(f"{out}: exists and is not a folder (dataset mode writes a folder tree there)")
+        if not args.data_dir:  # before loading the model
+            check_output(out, [args.input, args.processed])
+            check_replaceable(out)
         world = distributed.from_env()  # under torchrun, dataset mode splits the videos over the processes
         if world.distributed and not args.data_dir:
             raise ValueError("several processes (torchrun) split dataset mode's videos; one video takes one process")
@@ -165,6 +201,7 @@ def main(argv=None) -> int:
         if device.type == "cuda" and world.distributed:
             device = torch.device("cuda", world.local_rank)
         method, what, step, made_by = make_method(args, device)
+        made_by["format"] = output_format(args)
         if args.data_dir:
             jobs = distributed.shard(dataset_jobs(args), world)
         else:
@@ -182,6 +219,7 @@ def main(argv=None) -> int:
                 skipped += 1
                 continue
             frames += meta["frames"]
+            finished += 1
             print(f"[{k}/{len(jobs)}] {name}: {meta['frames']} frames in {meta['seconds']:.1f} s")
         seconds = time.time() - start
         print(f"done: {frames} frames in {seconds:.1f} s ({frames / max(seconds, 1e-9):.2f} frames/s)"
@@ -190,6 +228,16 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
         print(f"tdms-test: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        if done is not None:
+            done.close()  # a suspended batch writer removes its partial folders
+        if args.data_dir:
+            print(f"tdms-test: interrupted: {finished} video(s) written to {out}; the video(s) in progress were not "
+                  f"(their partial outputs removed)", file=sys.stderr)
+        else:
+            print(f"tdms-test: interrupted: nothing was written to {out} (the partial output is removed)",
+                  file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 Layout: <root>/<backend.name>/<video key>/{fw,bw}_%05d.flo and occ_%05d.png (0/255, 255 = occluded),
 for the pair (t, t+1): fw = flow(I_t -> I_{t+1}), bw = flow(I_{t+1} -> I_t), occ_t = occlusion_mask(fw, bw).
 Pairs (t, t+g) that skip frames (training's data.frame_gap) are named {fw,bw}_%05d_g<g>.flo, occ_%05d_g<g>.png.
+The video key hashes the frames' names, sizes and mtimes too: frames changed in place get a new folder.
 """
 
 import hashlib
@@ -20,12 +21,16 @@ from tdms.flow.occlusion import occlusion_mask
 from tdms.io import FrameSource, frames_to_tensor, write_bytes_atomic
 
 
-def video_key(path: Path, n_frames: int, size: tuple[int, int]) -> str:
-    """Readable and unique folder name: the last two path parts plus a short hash of path, length and size."""
-    path = path.resolve()
+def video_key(src: FrameSource) -> str:
+    """Readable and unique folder name: the last two path parts plus a short hash of path, length, size and
+    each frame file's name, byte size and mtime (the video file's), a cheap stand-in for the frames' content."""
+    path = src.path.resolve()
     readable = re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(path.parts[-2:]))
-    digest = hashlib.sha1(f"{path}|{n_frames}|{size[0]}x{size[1]}".encode()).hexdigest()[:10]
-    return f"{readable}-{digest}"
+    digest = hashlib.sha1(f"{path}|{len(src)}|{src.size[0]}x{src.size[1]}".encode())
+    for file in src.paths or [src.path]:
+        stat = file.stat()
+        digest.update(f"|{file.name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return f"{readable}-{digest.hexdigest()[:10]}"
 
 
 class FlowCache:
@@ -35,6 +40,7 @@ class FlowCache:
         self.root = Path(root)
         self.backend = backend
         self._sources: dict[Path, FrameSource] = {}
+        self._folders: dict[Path, Path] = {}
 
     def source(self, video) -> FrameSource:
         """The frames of `video` (a frame folder or a video file), opened once."""
@@ -43,10 +49,16 @@ class FlowCache:
             self._sources[key] = FrameSource(video)
         return self._sources[key]
 
+    def folder(self, video) -> Path:
+        """The cache folder of `video`'s frames as they were when this cache first opened them."""
+        key = Path(video).resolve()
+        if key not in self._folders:
+            self._folders[key] = self.root / self.backend.name / video_key(self.source(video))
+        return self._folders[key]
+
     def paths(self, video, t: int, gap: int = 1) -> tuple[Path, Path, Path]:
         """Cache files (fw, bw, occ) of the pair (t, t+gap)."""
-        src = self.source(video)
-        folder = self.root / self.backend.name / video_key(Path(video), len(src), src.size)
+        folder = self.folder(video)
         end = f"{t:05d}" if gap == 1 else f"{t:05d}_g{gap}"
         return folder / f"fw_{end}.flo", folder / f"bw_{end}.flo", folder / f"occ_{end}.png"
 
