@@ -173,3 +173,11 @@ def test_ctrl_c_says_so_in_one_line_and_leaves_no_partial(clip, tmp_path, capsys
         err = capsys.readouterr().err
         assert f"tdms-test: interrupted: nothing was written to {out}" in err and "Traceback" not in err
         assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_a_frame_missing_from_one_folder_is_an_error(clip, tmp_path, capsys):
+    """P numbered 0, 2, 3, 4 against I's 0..3: the counts match but frame 1 of I would meet frame 2 of P."""
+    (clip[1] / "00001.png").rename(clip[1] / "00004.png")
+    assert cli(clip, tmp_path / "O") == 1
+    assert "frame numbers do not pair up" in capsys.readouterr().err
+    assert not (tmp_path / "O").exists()
