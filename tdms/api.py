@@ -23,7 +23,7 @@ from tdms.evaluate import add_derived
 from tdms.flow import build_flow
 from tdms.flow.occlusion import occlusion_mask
 from tdms.infer import AMP, METHODS, identity_frames, naive_frames, prepare_output, process_video, tdms_frames
-from tdms.io import VIDEO_EXTS, FrameSource, frames_to_tensor
+from tdms.io import VIDEO_EXTS, FrameSource, check_paired, frames_to_tensor
 from tdms.lpips import lpips_distance
 from tdms.metrics import psnr, ssim, warping_error_pair
 
@@ -179,7 +179,8 @@ def frame_tuples(clips: list[Clip]) -> Iterator[tuple]:
 
 
 def start(clips: list[Clip], need_two: str) -> Iterator[tuple]:
-    """frame_tuples(clips) after every check that can run before the work: dtypes, counts, T >= 2."""
+    """frame_tuples(clips) after every check that can run before the work: dtypes, counts, the numbers of frame
+    folders (io.check_paired), T >= 2."""
     scales = {c.scale for c in clips if c.path is None}  # files are read as float, whatever their bit depth
     if len(scales) > 1:
         kinds = ", ".join(f"{c.name} {c.scale}" for c in clips if c.path is None)
@@ -187,6 +188,7 @@ def start(clips: list[Clip], need_two: str) -> Iterator[tuple]:
     counts = {c.n for c in clips if c.n is not None}
     if len(counts) > 1:
         raise ValueError("frame counts differ: " + ", ".join(f"{c.name} {c.n}" for c in clips if c.n is not None))
+    check_paired(*(c.frames for c in clips if isinstance(c.frames, FrameSource)))
     tuples = frame_tuples(clips)
     head = list(islice(tuples, 2))
     if len(head) < 2:

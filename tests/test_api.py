@@ -232,6 +232,10 @@ def test_bad_input_fails_at_the_call_and_ragged_generators_when_they_end(clip, m
         tdms.stabilize(tmp_path / "nope", clip[1], model=model)
     with pytest.raises(ValueError, match="the model is on cpu but device='cuda'"):
         tdms.stabilize(*clip, model=model, device="cuda")
+    fi, fp = (write_video(tmp_path / name, list(c)) for name, c in (("I", clip[0]), ("P", clip[1])))
+    (fp / "00001.png").rename(fp / f"{len(clip[1]):05d}.png")  # P's frame 1 missing, one more at the end
+    with pytest.raises(ValueError, match="frame numbers do not pair up"):
+        tdms.stabilize(fi, fp, model=model)
 
 
 # --- metrics ------------------------------------------------------------------------------------------------
