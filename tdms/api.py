@@ -39,6 +39,8 @@ def checkpoint_path(path_or_name=None) -> Path:
     path = Path(SHIPPED if path_or_name is None else path_or_name)
     if not path.exists() and not path.suffix and len(path.parts) == 1:
         path = CHECKPOINTS / f"{path}.pth"
+    if path.is_dir():
+        raise ValueError(f"{path}: a folder, not a checkpoint file")
     if not path.is_file():
         found = sorted(p.name for p in CHECKPOINTS.glob("*") if p.suffix in CHECKPOINT_EXTS)
         held = ", ".join(found) if found else "no checkpoint files"
@@ -77,7 +79,12 @@ def check_layout(x, where: str, clip: bool) -> None:
         last, first, "channel-first", "np.moveaxis(x, -3, -1)")
     shape = tuple(x.shape)
     if len(shape) != (4 if clip else 3):
-        hint = "; one frame? a clip needs T >= 2 frames" if clip and len(shape) == 3 else ""
+        hint = ""
+        if clip and len(shape) == 3:
+            one_frame = (shape[0] if tensor else shape[-1]) == 3
+            hint = ("; one frame? a clip needs T >= 2 frames" if one_frame else
+                    "; a grayscale clip (T,H,W)? make its frames RGB first, e.g. "
+                    + ("x[:, None].expand(-1, 3, -1, -1)" if tensor else "np.repeat(x[..., None], 3, axis=-1)"))
         raise ValueError(f"{where}: expected {want}, got shape {shape}{hint}")
     channels, across = (shape[-3], shape[-1]) if tensor else (shape[-1], shape[-3])
     if channels != 3:

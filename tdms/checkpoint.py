@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from tdms.config import ARCHS, ModelConfig, config_from_dict, to_dict
+from tdms.io import load_problem
 from tdms.lai_model import LaiNet
 from tdms.model import TDMSNet
 
@@ -39,12 +40,14 @@ def atomic_save(obj, path: str | Path):
 
 def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: a folder, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle from another library, not a torch file
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({load_problem(e)})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or not isinstance(ckpt["model"], dict):
         keys = list(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path}: expected a dict with a 'model' state dict, found {keys}")

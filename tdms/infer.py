@@ -189,15 +189,15 @@ def check_replaceable(out: Path) -> None:
         return
     if is_video(out):
         if not out.is_file():
-            raise ValueError(f"{out}: exists and is not a video file; choose another --output")
+            raise ValueError(f"{out}: exists and is not a video file; choose another output")
         if not read_marker(out):
             raise ValueError(f"{out}: a video tdms did not write (no {marker_path(out).name} beside it that matches "
-                             f"it), not replaced even with --redo; move it away or choose another --output")
+                             f"it), not replaced even with --redo; move it away or choose another output")
         return
     if not out.is_dir():
-        raise ValueError(f"{out}: exists and is not a folder (nor a .mp4/.avi video); choose another --output")
+        raise ValueError(f"{out}: exists and is not a folder (nor a .mp4/.avi video); choose another output")
     if any(out.iterdir()) and not (out / MARKER).is_file():
-        raise ValueError(f"{out}: exists, is not empty and was not written by tdms; choose another --output")
+        raise ValueError(f"{out}: exists, is not empty and was not written by tdms; choose another output")
 
 
 def prepare_output(out: Path, inputs: list, redo: bool):
@@ -210,13 +210,13 @@ def prepare_output(out: Path, inputs: list, redo: bool):
     extra = foreign_files(out) if out.is_dir() else []
     if extra:
         raise ValueError(f"{out}: holds files tdms did not write ({', '.join(extra[:5])}"
-                         f"{', ...' if len(extra) > 5 else ''}); move them away, or choose another --output")
+                         f"{', ...' if len(extra) > 5 else ''}); move them away, or choose another output")
     if not redo:
         marker = read_marker(out)
         made = ", ".join(f"{k} {marker[k]}" for k in ("method", "checkpoint", "frames") if k in marker)
         raise ValueError(f"{out}: holds an earlier output{f' ({made})' if made else ''} that this run does not "
                          f"reuse (another method, other weights or options, other inputs or another frame count): "
-                         f"pass --redo to replace it, or choose another --output")
+                         f"pass --redo to replace it, or choose another output")
 
 
 def process_video(frames, out: Path, n: int, fps: float, meta: dict, ext: str = ".png", quality=None,

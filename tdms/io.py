@@ -140,6 +140,17 @@ def to_uint8_bgr(img: np.ndarray, name) -> np.ndarray:
     return np.ascontiguousarray(out[:, :, ::-1])
 
 
+def load_problem(e: Exception) -> str:
+    """What torch.load(weights_only=True) found wrong with a file, in one line, without torch's advice to retry
+    with weights_only=False (unsafe, and no help for a file that is not a checkpoint)."""
+    text = str(e).strip()
+    if "WeightsUnpickler error:" in text:  # the reason follows torch's paragraph of advice
+        reason = next((line.strip() for line in text.split("WeightsUnpickler error:", 1)[1].splitlines()
+                       if line.strip()), "")
+        return f"not a plain weights file: {reason}" if reason else "not a plain weights file"
+    return f"{type(e).__name__}: {text.splitlines()[0][:200] if text else ''}"
+
+
 def write_bytes_atomic(path, data: bytes) -> None:
     """Write to a hidden temp file beside path, then rename over it: readers never see half a file."""
     path = Path(path)

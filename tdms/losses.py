@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tdms.io import load_problem
 from tdms.warp import warp
 
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision's ImageNet weights, as its cache names them
@@ -97,7 +98,7 @@ class VGGFeatures(nn.Module):
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise ValueError(f"{weights}: not a readable PyTorch file ({type(e).__name__}: {e})") from None
+            raise ValueError(f"{weights}: not a readable PyTorch file ({load_problem(e)})") from None
         own = {f"features.{k}": v for k, v in self.features.state_dict().items()}
         missing = [k for k in own if k not in state or state[k].shape != own[k].shape]
         if not isinstance(state, dict) or missing:

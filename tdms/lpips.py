@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tdms.io import load_problem
+
 NETS = ("alex", "squeeze", "vgg")
 
 
@@ -59,7 +61,7 @@ def load_lpips(net: str = "alex", weights=None, device="cpu"):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle/zip errors of a bad file have many types
-        raise ValueError(f"{path}: cannot read LPIPS backbone weights ({err})") from None
+        raise ValueError(f"{path}: cannot read LPIPS backbone weights ({load_problem(err)})") from None
     import lpips
 
     with warnings.catch_warnings():  # the package still passes torchvision's deprecated `pretrained=`

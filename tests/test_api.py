@@ -109,6 +109,17 @@ def test_missing_checkpoint_names_the_path_and_lists_the_folder(tmp_path, monkey
 # --- stabilize: kinds in, same kind out ------------------------------------------------------------------------
 
 
+def test_a_folder_or_random_bytes_as_checkpoint_say_so(tmp_path):
+    """No "not found" for a folder, and no torch advice to retry with weights_only=False for a random file."""
+    with pytest.raises(ValueError, match="a folder, not a checkpoint file"):
+        tdms.load_model(tmp_path)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    with pytest.raises(ValueError, match=f"{junk}: not a readable PyTorch checkpoint") as err:
+        tdms.load_model(junk)
+    assert "weights_only" not in str(err.value)
+
+
 def test_uint8_arrays_follow_the_recurrence_exactly(clip, model):
     i8, p8 = u8(clip[0]), u8(clip[1])
     out = tdms.stabilize(i8, p8, model=model)
@@ -209,7 +220,7 @@ def test_iter_with_files_and_a_generator_of_tensors(clip, model, tmp_path):
         (lambda i, p: (i[0], p[0]), "one frame"),
         (lambda i, p: (i, p[:3]), "frame counts differ: original 4, processed 3"),
         (lambda i, p: (i, p[:, :28]), r"sizes differ \(HxW\): original 32x40, processed 28x40"),
-        (lambda i, p: (i[..., 0], p[..., 0]), r"expected \(T,H,W,3\), got shape \(4, 32, 40\)"),
+        (lambda i, p: (i[..., 0], p[..., 0]), r"expected \(T,H,W,3\), got shape \(4, 32, 40\); a grayscale clip"),
         (lambda i, p: (i[..., :1], p[..., :1]), "make grayscale or RGBA frames RGB"),
         (lambda i, p: (i.astype(np.int64), p), "dtype int64 is not taken"),
         (lambda i, p: (i[:2], [p[0], p[1] * 255]), r"processed frame 1: float values must lie in \[0, 1\]"),

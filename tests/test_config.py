@@ -48,3 +48,13 @@ def test_exponent_without_a_dot_is_a_float(tmp_path):
     assert cfg.optim.lr == 3e-4 and cfg.optim.lr_min == 1e-6
     with pytest.raises(ValueError, match="optim.lr' wants float, got 'fast'"):
         load_config(None, ["optim.lr=fast"])
+
+
+def test_train_overrides_may_follow_the_flags(monkeypatch, tmp_path):
+    """`tdms-train --resume train.steps=N` (extending a run) parses like overrides given first."""
+    import tdms.commands.train as cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "train", lambda cfg, **kw: seen.update(cfg=cfg, **kw) or tmp_path / "last.pth")
+    assert cli.main(["--resume", "train.steps=9", f"train.out={tmp_path}"]) == 0
+    assert seen["resume"] is True and seen["cfg"].train.steps == 9 and seen["cfg"].train.out == str(tmp_path)

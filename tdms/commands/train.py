@@ -22,7 +22,7 @@ def main(argv=None) -> int:
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=1000")
     p.add_argument("--resume", action="store_true", help="continue the run in train.out exactly where it stopped")
     p.add_argument("--init-weights", default="", help="start from these weights (fresh optimizer and step 0)")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides before or after the flags ("--resume train.steps=N")
     if args.resume and args.init_weights:
         p.error("--resume and --init-weights are different things; give one")
     try:

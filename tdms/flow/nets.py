@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from tdms.io import load_problem
+
 # Key prefixes (first match wins) of state dicts people are likely to hand us by mistake.
 SIGNATURES = (
     ("flownetfusion.", "NVIDIA FlowNet2"),
@@ -42,15 +44,14 @@ def read_weights(path: Path, what: str, hint: str) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(
             f"{path}: holds pickled Python objects beyond tensors and plain containers (a whole pickled model, or "
-            f"another library's training state?), which tdms does not unpickle; expected {what}. ({first})"
+            f"another library's training state?), which tdms does not unpickle; expected {what}. ({load_problem(e)})"
         ) from None
     except Exception as e:  # truncated zip, legacy file cut short, random bytes: torch raises many kinds
         raise ValueError(
             f"{path}: cannot be read as a PyTorch weights file (truncated or not written by torch.save?); "
-            f"expected {what}. ({type(e).__name__}: {str(e).strip()[:200]})"
+            f"expected {what}. ({load_problem(e)})"
         ) from None
     return obj
 
