@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from tdms.flow.cache import FlowCache
@@ -56,7 +57,11 @@ def find_clips(root: Path, phase: str, tasks_list: Path) -> list[Clip]:
     """All (task, dataset, video) triples of a phase, checked against the disk."""
     clips = []
     for dataset, task in read_tasks(tasks_list):
-        for video in read_list(root / "lists" / f"{dataset}_{phase}.txt"):
+        list_file = root / "lists" / f"{dataset}_{phase}.txt"
+        videos = read_list(list_file)
+        if not videos:
+            raise ValueError(f"{list_file}: lists no videos (dataset {dataset} of {tasks_list})")
+        for video in videos:
             idir = root / phase / "input" / dataset / video
             pdir = root / phase / "processed" / task / dataset / video
             for d in (idir, pdir):
@@ -69,6 +74,23 @@ def find_clips(root: Path, phase: str, tasks_list: Path) -> list[Clip]:
     if not clips:
         raise ValueError(f"{tasks_list}: no training videos")
     return clips
+
+
+def check_processed(clip: Clip, size: tuple[int, int]):
+    """Each processed frame paired with an input frame is a non-empty image of the input's size (H, W).
+
+    Sizes come from the image headers (PIL reads no pixels); a file PIL does not know is decoded."""
+    h, w = size
+    for path in clip.processed_files[:clip.frames]:
+        if path.stat().st_size == 0:
+            raise ValueError(f"{path}: empty file (0 bytes), not an image")
+        try:
+            with Image.open(path) as img:
+                pw, ph = img.size
+        except (UnidentifiedImageError, OSError):
+            ph, pw = read_frame(path).shape[:2]
+        if (ph, pw) != (h, w):
+            raise ValueError(f"{path}: processed frame is {pw}×{ph}, the input frames in {clip.input_dir} are {w}×{h}")
 
 
 def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -136,8 +158,13 @@ class ClipDataset(Dataset):
         transpose, hflip, vflip = (rng.random(3) < 0.5) if self.augment else (False, False, False)
 
         idx = list(range(t0, t0 + (self.s - 1) * gap + 1, gap))
-        ins = [read_frame(clip.input_files[i]) for i in idx]
-        ps = [read_frame(clip.processed_files[i]) for i in idx]
+        files = [clip.input_files[i] for i in idx] + [clip.processed_files[i] for i in idx]
+        frames = [read_frame(f) for f in files]
+        h, w = frames[0].shape[:2]
+        for f, frame in zip(files, frames, strict=True):  # never resized to fit: a wrong size is an error
+            if frame.shape[:2] != (h, w):
+                raise ValueError(f"{f}: frame is {frame.shape[1]}×{frame.shape[0]}, {files[0]} is {w}×{h}")
+        ins, ps = frames[:len(idx)], frames[len(idx):]
         # F*_t = flow(frame t -> frame t-1) in the order the clip is played
         flows = []
         for i in idx[:-1]:
@@ -146,9 +173,6 @@ class ClipDataset(Dataset):
         if reverse:
             ins, ps, flows = ins[::-1], ps[::-1], flows[::-1]
 
-        h, w = ins[0].shape[:2]
-        if ps[0].shape[:2] != (h, w):
-            raise ValueError(f"{clip.processed_dir}: frames are {ps[0].shape[1]}×{ps[0].shape[0]}, input {w}×{h}")
         s = self._scale(rng, h, w)
         nh, nw = max(self.crop, round(h * s)), max(self.crop, round(w * s))
         y = int(rng.integers(nh - self.crop + 1))

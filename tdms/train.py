@@ -12,7 +12,6 @@ k), so a run resumes exactly with another number of processes. Rank 0 alone logs
 """
 
 import copy
-import json
 import math
 import subprocess
 import time
@@ -31,11 +30,12 @@ from tdms import distributed
 from tdms import losses as L
 from tdms.checkpoint import atomic_save, build_model, load_state, read_checkpoint, training_state
 from tdms.config import Config, save_config
-from tdms.dataset import ClipDataset, find_clips
+from tdms.dataset import ClipDataset, check_processed, find_clips
 from tdms.flow import build_flow
 from tdms.flow.cache import FlowCache
 from tdms.flow.occlusion import visibility_mask
 from tdms.runner import AMP
+from tdms.train_checks import batches, check_resume_config, check_settings, show_terms, write_run_record
 from tdms.warp import warp
 
 LAST = "last.pth"
@@ -125,6 +125,8 @@ def build_data(cfg: Config, backend=None, world: distributed.World = distributed
     backend = backend or build_flow(cfg.flow.backend, preset=cfg.flow.preset)
     cache = FlowCache(Path(cfg.data.flow_cache or root / "cache" / "flow"), backend)
     d = cfg.data
+    for clip in clips:  # every processed frame, before the flows are computed: a bad one fails now, by name
+        check_processed(clip, cache.source(clip.input_dir).size)
     ds = ClipDataset(clips, cache, d.sample_frames, d.crop, d.scale_min, d.scale_max, d.augment, cfg.train.seed,
                      frame_gap=d.frame_gap)
     videos = distributed.shard(sorted({c.input_dir for c in clips}), world)
@@ -208,11 +210,13 @@ def clip_losses(model, batch: dict, cfg: Config, aux: Aux | None = None) -> tupl
                 frames = {"i_prev": i_prev, "i_t": i_t, "o_prev": o_prev, "o_first": o_first, "p_t": p_t,
                           "f_star": f_star, "vis": vis}
                 terms = step_losses(out, frames, w, aux, long)
-            loss = sum(getattr(w, name) * value for name, value in terms.items())
+            weighted = {name: getattr(w, name) * value for name, value in terms.items()}
+            loss = sum(weighted.values())
             for name, value in terms.items():
                 means[name] = means.get(name, 0.0) + value.item() / steps
             if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"non-finite loss at frame {t} of {batch['name']}: {means}")
+                shown = show_terms(terms, weighted, w)
+                raise NonFiniteLoss(f"non-finite loss at frame {t} of {batch['name']}: {shown}")
             scaled = loss / steps
             (aux.scaler.scale(scaled) if aux.scaler else scaled).backward()
         total += loss.item() / steps
@@ -255,6 +259,7 @@ def train(cfg: Config, resume: bool = False, init_weights: str = "") -> Path:
         raise FileExistsError(f"{out} already holds a run ({last}); pass --resume to continue it or pick another out")
     if resume and not last.exists():
         raise FileNotFoundError(f"--resume: no checkpoint at {last}")
+    check_settings(cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
@@ -267,9 +272,10 @@ def train(cfg: Config, resume: bool = False, init_weights: str = "") -> Path:
     if device.type == "cuda" and world.distributed:
         device = torch.device("cuda", world.local_rank)
     check_amp(cfg.train.amp, device)
-    for name in ("log_every", "image_every", "ckpt_every"):
-        if getattr(cfg.train, name) < 0:
-            raise ValueError(f"train.{name} must be >= 0 (0 = off), got {getattr(cfg.train, name)}")
+    ckpt = None
+    if resume:
+        ckpt = read_checkpoint(last)
+        check_resume_config(cfg, ckpt["config"], last)
 
     model = build_model(cfg.model).to(device)
     if cfg.train.channels_last:
@@ -278,8 +284,7 @@ def train(cfg: Config, resume: bool = False, init_weights: str = "") -> Path:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg))
     scaler = torch.amp.GradScaler(device.type) if cfg.train.amp == "fp16" else None
     step = 0
-    if resume:
-        ckpt = read_checkpoint(last)
+    if ckpt:
         load_state(model, ckpt["model"], str(last))
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
@@ -301,13 +306,12 @@ def train(cfg: Config, resume: bool = False, init_weights: str = "") -> Path:
     if cfg.model.arch == "lai" and (w.flow > 0 or w.mask > 0):
         print(f"note: model.arch={cfg.model.arch} has no flow/mask heads; loss.flow and loss.mask do not apply")
 
+    ds, _ = build_data(cfg, backend, world)
     sha = git_sha()
-    if world.main:
+    if world.main:  # only now that the data and the checkpoint passed their checks
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
-        (out / "run.json").write_text(json.dumps({"git": sha, "device": str(device), "resumed_at": step,
-                                                  "world_size": world.size}))
-    ds, _ = build_data(cfg, backend, world)
+        write_run_record(out, sha, device, step, world)
     # the samples of the remaining global steps; each rank takes every world.size-th, so a global batch holds
     # the same samples for any number of processes
     remaining = Samples(ds, step * cfg.train.batch, cfg.train.steps * cfg.train.batch)
@@ -331,10 +335,13 @@ def train(cfg: Config, resume: bool = False, init_weights: str = "") -> Path:
             atomic_save(training_state(model, opt, sched, scaler, step, math.nan, cfg, sha), last)
 
     bar = tqdm(total=cfg.train.steps, initial=step, desc="train", unit="step", disable=not world.main)
-    for batch in loader:
+    for batch in batches(loader):
         batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         opt.zero_grad(set_to_none=True)
-        total, terms = clip_losses(forward, batch, cfg, aux)
+        try:
+            total, terms = clip_losses(forward, batch, cfg, aux)
+        except NonFiniteLoss as e:
+            raise NonFiniteLoss(f"step {step + 1}: {e}") from None
         optimizer_step(model, opt, scaler, cfg.optim.grad_clip)
         sched.step()
         step += 1
