@@ -23,7 +23,7 @@ from tdms.dataset import read_list, read_tasks
 from tdms.evaluate import Options, Tracking, evaluate_video, reference
 from tdms.flow import build_flow
 from tdms.flow.cache import FlowCache
-from tdms.io import write_bytes_atomic
+from tdms.io import stamp_files, write_bytes_atomic
 from tdms.lpips import load_lpips
 
 PROCESSED = "processed"  # the method name of the processed videos themselves
@@ -132,10 +132,8 @@ def stamp(job: Job) -> str:
     a stored result is reused only while it matches, so re-running a method rescores its videos."""
     h = hashlib.sha1()
     for path in dict.fromkeys((job.input, job.processed, job.results)):
-        entries = sorted(os.scandir(path), key=lambda e: e.name) if path.is_dir() else [path]
-        for e in entries:
-            st = e.stat()
-            h.update(f"{path}/{os.path.basename(e)}:{st.st_size}:{st.st_mtime_ns};".encode())
+        h.update(f"{path}|".encode())
+        stamp_files(h, sorted(os.scandir(path), key=lambda e: e.name) if path.is_dir() else [path])
     return h.hexdigest()
 
 

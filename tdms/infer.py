@@ -28,6 +28,7 @@ from tdms.io import (
     check_output,
     check_paired,
     frames_to_tensor,
+    stamp_files,
     tensor_to_frame,
     write_bytes_atomic,
 )
@@ -157,9 +158,8 @@ def input_identity(src_i: FrameSource, src_p: FrameSource) -> dict:
     name, size and mtime_ns, so frames edited in place count as other inputs (content is not read)."""
     h = hashlib.sha256()
     for src in (src_i, src_p):
-        for f in src.paths or [src.path]:
-            st = f.stat()
-            h.update(f"{f.resolve()} {st.st_size} {st.st_mtime_ns}\n".encode())
+        h.update(f"{src.path.resolve()}|".encode())
+        stamp_files(h, src.paths or [src.path])
     return {"input": str(src_i.path.resolve()), "processed": str(src_p.path.resolve()),
             "inputs_sha256": h.hexdigest()[:16]}
 

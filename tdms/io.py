@@ -140,6 +140,14 @@ def to_uint8_bgr(img: np.ndarray, name) -> np.ndarray:
     return np.ascontiguousarray(out[:, :, ::-1])
 
 
+def stamp_files(digest, files) -> None:
+    """Feed each file's name, byte size and mtime_ns to `digest` (a hashlib object): a cheap stand-in for the files'
+    content (a file edited in place changes it) that reads none of them. Callers hash the folder themselves."""
+    for f in files:
+        st = os.stat(f)
+        digest.update(f"{os.path.basename(f)}:{st.st_size}:{st.st_mtime_ns};".encode())
+
+
 def load_problem(e: Exception) -> str:
     """What torch.load(weights_only=True) found wrong with a file, in one line, without torch's advice to retry
     with weights_only=False (unsafe, and no help for a file that is not a checkpoint)."""

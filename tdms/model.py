@@ -54,6 +54,7 @@ class ConvLayer(nn.Module):
 
 
 def memory_format(x: torch.Tensor) -> torch.memory_format:
+    """channels_last for an NHWC tensor (one that is not also plain-contiguous), else contiguous_format."""
     nhwc = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     return torch.channels_last if nhwc else torch.contiguous_format
 
@@ -167,8 +168,7 @@ class UpsampleConvLayer(ConvLayer):
             x = torch.cat((x[..., :1], x, x[..., -1:]), 3)
         y = nn.functional.conv2d(x, phased, bias.repeat(4))  # (B, 4·cout, h+1, w+1), phase-major
         cout = weight.shape[0]
-        fmt = torch.channels_last if y.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        out = torch.empty((n, cout, 2 * h, 2 * w), dtype=y.dtype, device=y.device, memory_format=fmt)
+        out = torch.empty((n, cout, 2 * h, 2 * w), dtype=y.dtype, device=y.device, memory_format=memory_format(y))
         for p, (a, b) in enumerate(PHASES):  # phase (a, b) at source pixel (i, j) is y at (i + a, j + b)
             out[:, :, a::2, b::2] = y[:, p * cout:(p + 1) * cout, a:a + h, b:b + w]
         return self.norm_layer(out) if self.apply_norm else out

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from tdms.flow.flo import read_flo, write_flo
 from tdms.flow.occlusion import occlusion_mask
-from tdms.io import FrameSource, frames_to_tensor, write_bytes_atomic
+from tdms.io import FrameSource, frames_to_tensor, stamp_files, write_bytes_atomic
 
 
 def video_key(src: FrameSource) -> str:
@@ -26,10 +26,8 @@ def video_key(src: FrameSource) -> str:
     each frame file's name, byte size and mtime (the video file's), a cheap stand-in for the frames' content."""
     path = src.path.resolve()
     readable = re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(path.parts[-2:]))
-    digest = hashlib.sha1(f"{path}|{len(src)}|{src.size[0]}x{src.size[1]}".encode())
-    for file in src.paths or [src.path]:
-        stat = file.stat()
-        digest.update(f"|{file.name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    digest = hashlib.sha1(f"{path}|{len(src)}|{src.size[0]}x{src.size[1]}|".encode())
+    stamp_files(digest, src.paths or [src.path])
     return f"{readable}-{digest.hexdigest()[:10]}"
 
 
