@@ -17,7 +17,7 @@ from tdms.commands.build_data import main as build_data
 from tdms.commands.evaluate import MARKER as EVAL_MARKER
 from tdms.commands.evaluate import main as evaluate
 from tdms.commands.test import main as run_test
-from tdms.viz import plot_series, side_by_side
+from tdms.evaluation.plots import plot_series, side_by_side
 
 
 def step(name: str, code: int):

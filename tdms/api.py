@@ -17,15 +17,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tdms import checkpoint
-from tdms.bonneel import bonneel_frames
-from tdms.evaluate import add_derived
+from tdms.errors import MissingFile, UserError
+from tdms.evaluation.lpips import lpips_distance
+from tdms.evaluation.metrics import psnr, ssim, warping_error_pair
+from tdms.evaluation.video import add_derived
 from tdms.flow import build_flow
 from tdms.flow.occlusion import occlusion_mask
-from tdms.infer import AMP, METHODS, identity_frames, naive_frames, prepare_output, process_video, tdms_frames
-from tdms.io import VIDEO_EXTS, FrameSource, check_paired, frames_to_tensor
-from tdms.lpips import lpips_distance
-from tdms.metrics import psnr, ssim, warping_error_pair
+from tdms.frames.io import VIDEO_EXTS, FrameSource, check_paired, frames_to_tensor
+from tdms.frames.outputs import prepare_output, process_video
+from tdms.inference.bonneel import bonneel_frames
+from tdms.inference.fast import AMP
+from tdms.inference.recurrence import METHODS, identity_frames, naive_frames, tdms_frames
+from tdms.nets import build
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 SHIPPED = "tdms_offline"
@@ -40,17 +43,17 @@ def checkpoint_path(path_or_name=None) -> Path:
     if not path.exists() and not path.suffix and len(path.parts) == 1:
         path = CHECKPOINTS / f"{path}.pth"
     if path.is_dir():
-        raise ValueError(f"{path}: a folder, not a checkpoint file")
+        raise UserError(f"{path}: a folder, not a checkpoint file")
     if not path.is_file():
         found = sorted(p.name for p in CHECKPOINTS.glob("*") if p.suffix in CHECKPOINT_EXTS)
         held = ", ".join(found) if found else "no checkpoint files"
-        raise FileNotFoundError(f"checkpoint not found: {path} ({CHECKPOINTS} holds {held})")
+        raise MissingFile(f"checkpoint not found: {path} ({CHECKPOINTS} holds {held})")
     return path
 
 
 def load_model(path_or_name=None, device="cpu") -> torch.nn.Module:
     """TDMS-Net in eval mode from one of our checkpoints or the authors' released .pth (recognised by its keys)."""
-    return checkpoint.load_model(checkpoint_path(path_or_name), device)
+    return build.load_model(checkpoint_path(path_or_name), device)
 
 
 @dataclass
@@ -72,7 +75,7 @@ def check_layout(x, where: str, clip: bool) -> None:
     """ValueError unless x is a clip (T,H,W,3) (tensor: (T,3,H,W)) or one such frame; names x's apparent layout."""
     tensor = torch.is_tensor(x)
     if not tensor and not isinstance(x, np.ndarray):
-        raise ValueError(f"{where}: expected a numpy array or a torch tensor, got {type(x).__name__}")
+        raise UserError(f"{where}: expected a numpy array or a torch tensor, got {type(x).__name__}")
     t = "T," if clip else ""
     last, first = f"({t}H,W,3)", f"({t}3,H,W)"
     want, other, kind, fix = (first, last, "channel-last", "x.movedim(-1, -3)") if tensor else (
@@ -85,12 +88,12 @@ def check_layout(x, where: str, clip: bool) -> None:
             hint = ("; one frame? a clip needs T >= 2 frames" if one_frame else
                     "; a grayscale clip (T,H,W)? make its frames RGB first, e.g. "
                     + ("x[:, None].expand(-1, 3, -1, -1)" if tensor else "np.repeat(x[..., None], 3, axis=-1)"))
-        raise ValueError(f"{where}: expected {want}, got shape {shape}{hint}")
+        raise UserError(f"{where}: expected {want}, got shape {shape}{hint}")
     channels, across = (shape[-3], shape[-1]) if tensor else (shape[-1], shape[-3])
     if channels != 3:
         if across == 3:
-            raise ValueError(f"{where}: shape {shape} looks {kind} {other}; pass {want} ({fix})")
-        raise ValueError(f"{where}: expected {want} RGB, got shape {shape} (make grayscale or RGBA frames RGB first)")
+            raise UserError(f"{where}: shape {shape} looks {kind} {other}; pass {want} ({fix})")
+        raise UserError(f"{where}: expected {want} RGB, got shape {shape} (make grayscale or RGBA frames RGB first)")
 
 
 def scale_of(x, where: str) -> str:
@@ -100,7 +103,7 @@ def scale_of(x, where: str) -> str:
     else:
         uint8, floating = x.dtype == np.uint8, np.issubdtype(x.dtype, np.floating)
     if not (uint8 or floating):
-        raise ValueError(f"{where}: dtype {x.dtype} is not taken; pass uint8 (0-255) or float in [0, 1]")
+        raise UserError(f"{where}: dtype {x.dtype} is not taken; pass uint8 (0-255) or float in [0, 1]")
     return "uint8" if uint8 else "float"
 
 
@@ -114,7 +117,7 @@ def check_values(x, where: str, scale: str) -> None:
             hint = "it holds NaN or inf"
         else:
             hint = "0-255 values? divide by 255" if hi > 2 else "clip it to [0, 1]"
-        raise ValueError(f"{where}: float values must lie in [0, 1], found min {lo:.4g}, max {hi:.4g} ({hint})")
+        raise UserError(f"{where}: float values must lie in [0, 1], found min {lo:.4g}, max {hi:.4g} ({hint})")
 
 
 def clip_of(x, role: str) -> Clip:
@@ -126,18 +129,18 @@ def clip_of(x, role: str) -> Clip:
     if isinstance(x, np.ndarray) or torch.is_tensor(x):
         check_layout(x, role, clip=True)
         if len(x) < 2:
-            raise ValueError(f"{role}: T = {len(x)}; {NEED_TWO}")
+            raise UserError(f"{role}: T = {len(x)}; {NEED_TWO}")
         scale = scale_of(x, role)
         check_values(x, role, scale)
         tensor = torch.is_tensor(x)
         return Clip(role, x, scale, x.dtype, x.device if tensor else None, n=len(x),
                     stack=torch.stack if tensor else np.stack)
     if not isinstance(x, Iterable):
-        raise ValueError(f"{role}: expected an array, tensor, path or iterable of frames, got {type(x).__name__}")
+        raise UserError(f"{role}: expected an array, tensor, path or iterable of frames, got {type(x).__name__}")
     frames = iter(x)
     first = next(frames, END)
     if first is END:
-        raise ValueError(f"{role}: no frames; {NEED_TWO}")
+        raise UserError(f"{role}: no frames; {NEED_TWO}")
     check_layout(first, f"{role} frame 0", clip=False)
     return Clip(role, chain([first], frames), scale_of(first, f"{role} frame 0"), first.dtype,
                 first.device if torch.is_tensor(first) else None, n=len(x) if hasattr(x, "__len__") else None)
@@ -149,7 +152,7 @@ def as_float(frame, clip: Clip, t: int) -> np.ndarray:
     check_layout(frame, where, clip=False)
     scale = scale_of(frame, where)
     if scale != clip.scale:
-        raise ValueError(f"{where}: {scale} but frame 0 is {clip.scale}")
+        raise UserError(f"{where}: {scale} but frame 0 is {clip.scale}")
     check_values(frame, where, scale)
     if torch.is_tensor(frame):
         frame = frame.detach().to("cpu", torch.uint8 if scale == "uint8" else torch.float32).permute(1, 2, 0).numpy()
@@ -176,12 +179,12 @@ def frame_tuples(clips: list[Clip]) -> Iterator[tuple]:
             return
         if ended:
             going = [c.name for c, r in zip(clips, raw, strict=True) if r is not END]
-            raise ValueError(f"frame counts differ: {', '.join(ended)} ended after {t} frames, "
+            raise UserError(f"frame counts differ: {', '.join(ended)} ended after {t} frames, "
                              f"{', '.join(going)} did not")
         frames = tuple(as_float(r, c, t) for r, c in zip(raw, clips, strict=True))
         if len({f.shape for f in frames}) > 1:
             sizes = ", ".join(f"{c.name} {f.shape[0]}x{f.shape[1]}" for c, f in zip(clips, frames, strict=True))
-            raise ValueError(f"frame {t}: sizes differ (HxW): {sizes}")
+            raise UserError(f"frame {t}: sizes differ (HxW): {sizes}")
         yield frames
 
 
@@ -191,25 +194,25 @@ def start(clips: list[Clip], need_two: str) -> Iterator[tuple]:
     scales = {c.scale for c in clips if c.path is None}  # files are read as float, whatever their bit depth
     if len(scales) > 1:
         kinds = ", ".join(f"{c.name} {c.scale}" for c in clips if c.path is None)
-        raise ValueError(f"dtypes differ: {kinds}; pass all as uint8 (0-255) or all as float in [0, 1]")
+        raise UserError(f"dtypes differ: {kinds}; pass all as uint8 (0-255) or all as float in [0, 1]")
     counts = {c.n for c in clips if c.n is not None}
     if len(counts) > 1:
-        raise ValueError("frame counts differ: " + ", ".join(f"{c.name} {c.n}" for c in clips if c.n is not None))
+        raise UserError("frame counts differ: " + ", ".join(f"{c.name} {c.n}" for c in clips if c.n is not None))
     check_paired(*(c.frames for c in clips if isinstance(c.frames, FrameSource)))
     tuples = frame_tuples(clips)
     head = list(islice(tuples, 2))
     if len(head) < 2:
-        raise ValueError(f"{clips[0].name}: {len(head)} frame(s); {need_two}")
+        raise UserError(f"{clips[0].name}: {len(head)} frame(s); {need_two}")
     return chain(head, tuples)
 
 
 def method_frames(method: str, model, device, amp: str, flow, lam: float):
     """A function: iterator of (I_t, P_t) float frames -> iterator of O_t float32 (H,W,3), unclipped."""
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
+        raise UserError(f"unknown method {method!r}; choose from {list(METHODS)}")
     if method != "tdms":
         if model is not None:
-            raise ValueError(f"model= is for method='tdms', not {method!r}")
+            raise UserError(f"model= is for method='tdms', not {method!r}")
         if method == "identity":
             return identity_frames
         backend = build_flow(flow) if isinstance(flow, str) else flow
@@ -217,12 +220,12 @@ def method_frames(method: str, model, device, amp: str, flow, lam: float):
             return lambda pairs: naive_frames(backend, pairs)
         return lambda pairs: bonneel_frames(backend, pairs, lam, device or "cpu")
     if amp not in AMP:
-        raise ValueError(f"unknown amp {amp!r}; choose from {list(AMP)}")
+        raise UserError(f"unknown amp {amp!r}; choose from {list(AMP)}")
     if not isinstance(model, torch.nn.Module):
         model = load_model(model, device or "cpu")
     on = next(model.parameters()).device
     if device is not None and torch.device(device).type != on.type:
-        raise ValueError(f"the model is on {on} but device={device!r}; move it (model.to(device)) or drop device=")
+        raise UserError(f"the model is on {on} but device={device!r}; move it (model.to(device)) or drop device=")
     return lambda pairs: tdms_frames(model, pairs, on, amp)
 
 
@@ -230,9 +233,9 @@ def check_target(output, clips: list[Clip], overwrite: bool) -> Path:
     """Refuse an output that exists (unless overwrite), is an input, or is a folder tdms did not write."""
     out = Path(output)
     if out.exists() and not overwrite:
-        raise ValueError(f"{out}: already exists (overwrite=True replaces an output of tdms)")
+        raise UserError(f"{out}: already exists (overwrite=True replaces an output of tdms)")
     if out.is_file() and out.suffix.lower() not in VIDEO_EXTS:
-        raise ValueError(f"{out}: exists and is not a frame folder or a video ({', '.join(VIDEO_EXTS)})")
+        raise UserError(f"{out}: exists and is not a frame folder or a video ({', '.join(VIDEO_EXTS)})")
     prepare_output(out, [c.path for c in clips if c.path is not None], redo=True)
     return out
 
@@ -288,11 +291,11 @@ def scores(output, original, processed=None, flow="dis", lpips=None) -> dict:
 
     Returns warping_error (Lai et al.: mean over pairs); with `processed` also warping_error_processed,
     relative_reduction (D_t), psnr and ssim of output vs processed (means over frames 1..T-1); with `lpips`
-    (a model from tdms.lpips.load_lpips) also lpips and composite (the form without tracking). `flow` is a
+    (a model from tdms.evaluation.lpips.load_lpips) also lpips and composite (the form without tracking). `flow` is a
     backend name or a callable flow(a, b) -> (B,2,H,W). Clips as for `stabilize`.
     """
     if lpips is not None and processed is None:
-        raise ValueError("lpips compares the output with the processed clip: pass processed= too")
+        raise UserError("lpips compares the output with the processed clip: pass processed= too")
     clips = [clip_of(original, "original"), clip_of(output, "output")]
     clips += [] if processed is None else [clip_of(processed, "processed")]
     backend = build_flow(flow) if isinstance(flow, str) else flow

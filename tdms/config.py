@@ -11,7 +11,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
+
+from tdms.errors import MissingFile, UserError
 
 ARCHS = ("tdms", "lai")
 
@@ -109,11 +112,11 @@ def _merge(obj, values: dict, where: str):
     for key, value in values.items():
         path = f"{where}.{key}" if where else key
         if key not in names:
-            raise ValueError(f"unknown config key {path!r}; known: {', '.join(sorted(names))}")
+            raise UserError(f"unknown config key {path!r}; known: {', '.join(sorted(names))}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise ValueError(f"config key {path!r} is a section; give it a mapping")
+                raise UserError(f"config key {path!r} is a section; give it a mapping")
             _merge(current, value, path)
             continue
         want = type(current)
@@ -125,7 +128,7 @@ def _merge(obj, values: dict, where: str):
             except ValueError:
                 pass
         if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-            raise ValueError(f"config key {path!r} wants {want.__name__}, got {value!r}")
+            raise UserError(f"config key {path!r} wants {want.__name__}, got {value!r}")
         setattr(obj, key, value)
 
 
@@ -139,12 +142,12 @@ def yaml_problem(e: yaml.YAMLError) -> str:
 def parse_override(text: str) -> dict:
     """'a.b=3' -> {'a': {'b': 3}}; the value is parsed as YAML (numbers, booleans, strings)."""
     if "=" not in text:
-        raise ValueError(f"override {text!r} is not of the form section.key=value")
+        raise UserError(f"override {text!r} is not of the form section.key=value")
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
-        raise ValueError(f"override {text!r}: the value is not valid YAML ({yaml_problem(e)})") from None
+        raise UserError(f"override {text!r}: the value is not valid YAML ({yaml_problem(e)})") from None
     out: dict = {}
     node = out
     parts = key.strip().split(".")
@@ -160,17 +163,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), cls=C
     if path:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
+            raise MissingFile(f"config file not found: {path}")
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ValueError(f"{path}: not valid YAML ({yaml_problem(e)})") from None
+            raise UserError(f"{path}: not valid YAML ({yaml_problem(e)})") from None
         if not isinstance(values, dict):
-            raise ValueError(f"{path}: the top level must be a mapping")
+            raise UserError(f"{path}: the top level must be a mapping")
         try:
             _merge(cfg, values, "")
         except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
+            raise UserError(f"{path}: {e}") from None
     for text in overrides:
         _merge(cfg, parse_override(text), "")
     return cfg
@@ -188,3 +191,69 @@ def to_dict(cfg) -> dict:
 
 def save_config(cfg, path: str | Path):
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("device 'cuda' asked for but torch sees no GPU")
+    return torch.device(name)
+
+
+@dataclass
+class DataSection:
+    root: str = "data"  # Lai et al.'s layout: root/<phase>/{input,processed}, root/lists
+    phase: str = "test"
+    tasks_list: str = ""  # default root/lists/<phase>_tasks.txt
+    annotations: str = ""  # DAVIS annotations root (<video>/%05d.png); default root/Annotations/480p
+
+
+@dataclass
+class FlowSection:
+    backend: str = "dis"
+    preset: str = "medium"
+    device: str = "cpu"  # of network flow backends and of LPIPS
+    checkpoint: str = ""  # flownet2 / raft weights file (default: torchvision's cache folder)
+    cache: str = ""  # default root/cache/flow
+
+
+@dataclass
+class LpipsSection:
+    enabled: bool = True
+    net: str = "alex"  # alex | squeeze | vgg
+    weights: str = ""  # backbone file; default torchvision's cache
+
+
+@dataclass
+class TrackingSection:
+    enabled: bool = True
+    tracker: str = "csrt"  # csrt | kcf
+
+
+@dataclass
+class RunSection:
+    out: str = "eval"
+    jobs: int = 1  # parallel processes
+    resize: bool = False  # resize result frames of another size instead of failing that video
+    videos: int = 3  # side-by-side comparison videos for the first N videos (0 = none)
+    threads: int = 0  # torch/OpenCV threads per process; 0 = their default (1 in parallel workers)
+
+
+@dataclass
+class EvalConfig:
+    data: DataSection = field(default_factory=DataSection)
+    methods: dict = field(default_factory=dict)  # name -> results root of <task>/<dataset>/<video>/
+    flow: FlowSection = field(default_factory=FlowSection)
+    lpips: LpipsSection = field(default_factory=LpipsSection)
+    tracking: TrackingSection = field(default_factory=TrackingSection)
+    run: RunSection = field(default_factory=RunSection)
+
+
+def set_threads(threads: int) -> None:
+    """Threads of torch and OpenCV in this process (small per-frame ops lose badly to oversubscription)."""
+    import cv2
+    import torch
+
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from tdms.errors import UserError
+
 # The ranks fill the flow cache (each its share) before a barrier; network flows on a big dataset take long.
 TIMEOUT = datetime.timedelta(hours=2)
 
@@ -41,9 +43,9 @@ def from_env() -> World:
         rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", str(rank)))
     except ValueError as e:
-        raise ValueError(f"RANK/WORLD_SIZE/LOCAL_RANK must be integers ({e})") from None
+        raise UserError(f"RANK/WORLD_SIZE/LOCAL_RANK must be integers ({e})") from None
     if size < 1 or not 0 <= rank < size:
-        raise ValueError(f"RANK={rank} does not fit WORLD_SIZE={size}")
+        raise UserError(f"RANK={rank} does not fit WORLD_SIZE={size}")
     return World(rank, size, local)
 
 

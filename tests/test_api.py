@@ -10,13 +10,12 @@ import tdms
 from tdms import api
 from tdms.checkpoint import atomic_save
 from tdms.config import Config, to_dict
-from tdms.evaluate import evaluate_video
+from tdms.evaluation.video import evaluate_video
 from tdms.flow import build_flow
 from tdms.flow.cache import FlowCache
-from tdms.io import FrameSource, read_frame
-from tdms.model import TDMSNet
-
-from .conftest import flicker, moving_frames, write_video
+from tdms.frames.io import FrameSource, read_frame
+from tdms.nets.tdms_net import TDMSNet
+from tests.conftest import flicker, moving_frames, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 T, H, W = 4, 32, 40  # multiples of 4: the hand-made recurrence below needs no padding
@@ -115,7 +114,7 @@ def test_a_folder_or_random_bytes_as_checkpoint_say_so(tmp_path):
         tdms.load_model(tmp_path)
     junk = tmp_path / "junk.pth"
     junk.write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
-    with pytest.raises(ValueError, match=f"{junk}: not a readable PyTorch checkpoint") as err:
+    with pytest.raises(ValueError, match=f"{junk}: cannot be read as a PyTorch weights file") as err:
         tdms.load_model(junk)
     assert "weights_only" not in str(err.value)
 

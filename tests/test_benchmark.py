@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from benchmark import main
+from measure import conv_macs, flows_on_crops, make_clip, naive_frames_on_disk, peak_matmul_gflops
 
-from tdms.benchmark import conv_macs, flows_on_crops, make_clip, naive_frames_on_disk, peak_matmul_gflops
-from tdms.commands.benchmark import main
-from tdms.io import read_frame
-from tdms.model import TDMSNet, UpsampleConvLayer
+from tdms.frames.io import read_frame
+from tdms.nets.layers import UpsampleConvLayer
+from tdms.nets.tdms_net import TDMSNet
 
 PER_SIZE = ("height", "width", "frames", "gmac_per_frame", "forward_variants", "dtype", "channels_last", "compile",
             "cuda_graph", "end_to_end_fps", "forward_fps", "naive_fps", "batched_videos", "batched_fps",

@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 
 from tdms import api
-
-from .test_api import save_ckpt
+from tests.test_api import save_ckpt
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)

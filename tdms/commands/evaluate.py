@@ -28,17 +28,18 @@ from pathlib import Path
 import torch
 
 from tdms import distributed
-from tdms.batch import PROCESSED, EvalConfig, plan, run, set_threads
-from tdms.config import load_config
-from tdms.evaluate import Options, Tracking, evaluate_video
+from tdms.config import EvalConfig, load_config, set_threads
+from tdms.errors import MissingFile, UserError
+from tdms.evaluation.batch import PROCESSED, plan, run
+from tdms.evaluation.lpips import NETS, load_lpips
+from tdms.evaluation.plots import comparison_videos, error_plots, plot_series, task_bars
+from tdms.evaluation.report import TABLES, jsonable_summary, markdown, notes, summarise, table_markdown, videos_csv
+from tdms.evaluation.tracking import TRACKERS, check_box, parse_box
+from tdms.evaluation.video import Options, Tracking, evaluate_video
+from tdms.files import write_bytes_atomic
 from tdms.flow import BACKENDS, build_flow
 from tdms.flow.cache import FlowCache
-from tdms.io import FrameSource, write_bytes_atomic
-from tdms.lpips import NETS, load_lpips
-from tdms.pictures import comparison_videos, error_plots, task_bars
-from tdms.report import TABLES, jsonable_summary, markdown, notes, summarise, table_markdown, videos_csv
-from tdms.tracking import TRACKERS, check_box, parse_box
-from tdms.viz import plot_series
+from tdms.frames.io import FrameSource
 
 SINGLE_COLUMNS = ("n_frames", "warping_error_processed", "warping_error", "relative_reduction", "psnr", "ssim",
                   "lpips", "tracking_iou", "composite")
@@ -119,19 +120,19 @@ def check_out(out: Path, folders) -> None:
     for folder in folders:
         folder = Path(folder).resolve()
         if out.resolve() == folder or folder in out.resolve().parents:
-            raise ValueError(f"--out {out} is inside {folder}, which is being evaluated; pick another folder")
+            raise UserError(f"--out {out} is inside {folder}, which is being evaluated; pick another folder")
 
 
 def claim_out(out: Path) -> None:
     """Make out ours to write: a new or empty folder, or one with our marker; a folder of other files is refused."""
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder")
+        raise UserError(f"--out {out} is a file, not a folder")
     marker = out / MARKER
     if out.is_dir() and not marker.is_file():
         names = sorted(p.name for p in out.iterdir())
         if names:
             more = f" and {len(names) - 5} more" if len(names) > 5 else ""
-            raise ValueError(
+            raise UserError(
                 f"--out {out} is not empty and tdms-evaluate did not write it (it holds {', '.join(names[:5])}{more}; "
                 f"no {MARKER}); refusing to overwrite its files: choose a new or empty folder"
             )
@@ -144,13 +145,13 @@ def check_device(name: str, option: str) -> None:
     try:
         device = torch.device(name)
     except RuntimeError as err:
-        raise ValueError(f"{option} {name}: not a torch device ({err})") from None
+        raise UserError(f"{option} {name}: not a torch device ({err})") from None
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if (device.index or 0) >= count:
-            raise ValueError(f"{option} {name}: this machine has {count} usable CUDA device(s)")
+            raise UserError(f"{option} {name}: this machine has {count} usable CUDA device(s)")
     elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"{option} {name}: MPS is not available on this machine")
+        raise UserError(f"{option} {name}: MPS is not available on this machine")
 
 
 def lpips_option(args) -> tuple[object, str]:
@@ -173,7 +174,7 @@ def run_single(args, out: Path) -> None:
     if box:
         check_box(box, FrameSource(args.input).size, args.input)
     if args.annotations and not Path(args.annotations).is_dir():
-        raise FileNotFoundError(f"--annotations {args.annotations}: no such folder")
+        raise MissingFile(f"--annotations {args.annotations}: no such folder")
     model, note = lpips_option(args)
     tracking = None if args.no_tracking else Tracking(
         args.tracker or "csrt", box, Path(args.annotations) if args.annotations else None, args.object_id)
@@ -214,7 +215,7 @@ def batch_config(args) -> EvalConfig:
             setattr(getattr(cfg, section), key, value)
     for key, minimum in RUN_MINIMUMS.items():
         if getattr(cfg.run, key) < minimum:
-            raise ValueError(f"run.{key} must be >= {minimum}, got {getattr(cfg.run, key)}")
+            raise UserError(f"run.{key} must be >= {minimum}, got {getattr(cfg.run, key)}")
     check_device(cfg.flow.device, "--device" if args.device else "flow.device")
     return cfg
 
@@ -272,20 +273,20 @@ def main(argv=None) -> int:
         p.error("--processed, --box, --annotations and --object-id are for one video")
     try:
         world = distributed.from_env()
-    except ValueError as err:
+    except UserError as err:
         p.error(str(err))
     if not batch and world.distributed:
         p.error("several processes (torchrun) split batch mode's videos; one video takes one process")
     if not batch and args.device:
         try:
             check_device(args.device, "--device")
-        except ValueError as err:
+        except UserError as err:
             p.error(str(err))
     try:
         if batch:
             try:
                 cfg = batch_config(args)
-            except (ValueError, FileNotFoundError) as err:
+            except UserError as err:
                 p.error(str(err))
             run_batch(cfg)
             out = cfg.run.out
@@ -297,7 +298,7 @@ def main(argv=None) -> int:
         if world.main:
             print(f"tdms-evaluate: reports in {out}")
         return 0
-    except (ValueError, FileNotFoundError) as err:
+    except UserError as err:
         print(f"tdms-evaluate: error: {err}", file=sys.stderr)
         return 1
 

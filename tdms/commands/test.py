@@ -21,30 +21,24 @@ import torch
 
 from tdms import distributed
 from tdms.api import checkpoint_path
-from tdms.batched import Target, Video, batched_frames, group_by_size, write_outputs
-from tdms.bonneel import bonneel_frames
-from tdms.checkpoint import load_model
-from tdms.dataset import read_list, read_tasks
+from tdms.config import pick_device
+from tdms.errors import UserError
 from tdms.flow import build_flow
-from tdms.infer import (
-    AMP,
-    METHODS,
+from tdms.frames.io import is_video, open_pair, prefetch, resized
+from tdms.frames.layout import entries, tasks_file
+from tdms.frames.outputs import (
+    check_output,
     check_replaceable,
-    identity_frames,
     input_identity,
     is_complete,
-    is_video,
-    naive_frames,
-    open_pair,
-    prefetch,
     prepare_output,
     process_video,
-    resized,
-    step_frames,
 )
-from tdms.io import check_output
-from tdms.runner import make_step
-from tdms.train import pick_device
+from tdms.inference.across_videos import Target, Video, batched_frames, group_by_size, write_outputs
+from tdms.inference.bonneel import bonneel_frames
+from tdms.inference.fast import AMP, make_step
+from tdms.inference.recurrence import METHODS, identity_frames, naive_frames, step_frames
+from tdms.nets.build import load_model
 
 
 def parser() -> argparse.ArgumentParser:
@@ -151,15 +145,8 @@ def run_batched(step, jobs, args, device, made_by: dict):
 
 
 def dataset_jobs(args) -> list[tuple[Path, Path, Path, str]]:
-    root = Path(args.data_dir)
-    tasks = Path(args.tasks_list) if args.tasks_list else root / "lists" / "test_tasks.txt"
-    jobs = []
-    for dataset, task in read_tasks(tasks):
-        for video in read_list(root / "lists" / f"{dataset}_{args.phase}.txt"):
-            jobs.append((root / args.phase / "input" / dataset / video,
-                         root / args.phase / "processed" / task / dataset / video,
-                         Path(args.output) / task / dataset / video, f"{task}/{dataset}/{video}"))
-    return jobs
+    tasks = tasks_file(args.data_dir, "test", args.tasks_list or "")
+    return [(e.input, e.processed, e.under(args.output), e.name) for e in entries(args.data_dir, args.phase, tasks)]
 
 
 def check_args(args) -> None:
@@ -190,13 +177,13 @@ def main(argv=None) -> int:
     done, finished = None, 0
     try:
         if args.data_dir and out.exists() and not out.is_dir():
-            raise ValueError(f"{out}: exists and is not a folder (dataset mode writes a folder tree there)")
+            raise UserError(f"{out}: exists and is not a folder (dataset mode writes a folder tree there)")
         if not args.data_dir:  # before loading the model
             check_output(out, [args.input, args.processed])
             check_replaceable(out)
         world = distributed.from_env()  # under torchrun, dataset mode splits the videos over the processes
         if world.distributed and not args.data_dir:
-            raise ValueError("several processes (torchrun) split dataset mode's videos; one video takes one process")
+            raise UserError("several processes (torchrun) split dataset mode's videos; one video takes one process")
         device = pick_device(args.device)
         if device.type == "cuda" and world.distributed:
             device = torch.device("cuda", world.local_rank)
@@ -225,7 +212,7 @@ def main(argv=None) -> int:
         print(f"done: {frames} frames in {seconds:.1f} s ({frames / max(seconds, 1e-9):.2f} frames/s)"
               + (f", {skipped} already complete (--redo to recompute)" if skipped else "") + f" -> {args.output}")
         return 0
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+    except UserError as e:
         print(f"tdms-test: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

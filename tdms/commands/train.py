@@ -13,7 +13,8 @@ import sys
 
 from tdms import distributed
 from tdms.config import load_config
-from tdms.train import NonFiniteLoss, train
+from tdms.errors import UserError
+from tdms.training.loop import train
 
 
 def main(argv=None) -> int:
@@ -28,11 +29,11 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         world = distributed.from_env()
-    except (ValueError, FileNotFoundError) as e:
+    except UserError as e:
         p.error(str(e))
     try:
         last = train(cfg, resume=args.resume, init_weights=args.init_weights)
-    except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLoss, RuntimeError) as e:
+    except UserError as e:  # NonFiniteLoss too
         rank = f" [rank {world.rank}]" if world.distributed else ""
         print(f"tdms-train{rank}: error: {e}", file=sys.stderr)
         return 1  # under torchrun the other processes are stopped; the last checkpoint stays as it was

@@ -6,6 +6,10 @@ Network backends (flownet2, raft, raft-small) run under no_grad unless `flow.dif
 lets gradients reach the images (their weights stay frozen); DIS is never differentiable.
 """
 
+import torch
+
+from tdms.errors import UserError
+
 BACKENDS = ("dis", "flownet2", "raft", "raft-small")
 
 
@@ -27,4 +31,14 @@ def build_flow(backend: str = "dis", preset: str = "medium", device="cpu", check
         from tdms.flow.raft import RAFTFlow
 
         return RAFTFlow("small" if backend == "raft-small" else "large", checkpoint, device)
-    raise ValueError(f"unknown flow backend {backend!r}; choose from {list(BACKENDS)}")
+    raise UserError(f"unknown flow backend {backend!r}; choose from {list(BACKENDS)}")
+
+
+def check_pair(img_a: torch.Tensor, img_b: torch.Tensor, min_side: int, who: str) -> None:
+    """ValueError unless img_a and img_b are (B,3,H,W) of one shape with both sides >= min_side."""
+    if img_a.shape != img_b.shape or img_a.dim() != 4 or img_a.shape[1] != 3:
+        raise UserError(f"{who} wants two (B,3,H,W) images of one shape, got {tuple(img_a.shape)} "
+                         f"and {tuple(img_b.shape)}")
+    if min(img_a.shape[2:]) < min_side:
+        raise UserError(f"{who} needs frames of at least {min_side}×{min_side} px, got "
+                         f"{img_a.shape[3]}×{img_a.shape[2]} (W×H)")

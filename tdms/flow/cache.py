@@ -16,9 +16,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from tdms.errors import UserError
+from tdms.files import stamp_files, write_bytes_atomic
 from tdms.flow.flo import read_flo, write_flo
 from tdms.flow.occlusion import occlusion_mask
-from tdms.io import FrameSource, frames_to_tensor, stamp_files, write_bytes_atomic
+from tdms.frames.io import FrameSource, frames_to_tensor
 
 
 def video_key(src: FrameSource) -> str:
@@ -146,5 +148,5 @@ def write_occlusion(path: Path, occ: torch.Tensor) -> None:
     img = (occ[0].numpy() > 0.5).astype(np.uint8) * 255
     ok, buf = cv2.imencode(".png", img)
     if not ok:
-        raise ValueError(f"could not encode occlusion PNG for {path}")
+        raise UserError(f"could not encode occlusion PNG for {path}")
     write_bytes_atomic(path, buf.tobytes())

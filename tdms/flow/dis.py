@@ -4,6 +4,8 @@ import cv2
 import numpy as np
 import torch
 
+from tdms.errors import UserError
+
 PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
@@ -28,7 +30,7 @@ class DISFlow:
 
     def __init__(self, preset: str = "medium"):
         if preset not in PRESETS:
-            raise ValueError(f"unknown DIS preset {preset!r}; choose from {sorted(PRESETS)}")
+            raise UserError(f"unknown DIS preset {preset!r}; choose from {sorted(PRESETS)}")
         self.preset = preset
         self.name = f"dis-{preset}"
         self._dis = cv2.DISOpticalFlow_create(PRESETS[preset])
@@ -43,12 +45,12 @@ class DISFlow:
     @torch.no_grad()
     def __call__(self, img_a: torch.Tensor, img_b: torch.Tensor) -> torch.Tensor:
         if img_a.shape != img_b.shape or img_a.dim() != 4 or img_a.shape[1] != 3:
-            raise ValueError(
+            raise UserError(
                 f"DIS wants two (B,3,H,W) images of one shape, got {tuple(img_a.shape)} "
                 f"and {tuple(img_b.shape)}"
             )
         if max(img_a.shape[2:]) < 12:
-            raise ValueError(f"DIS needs width or height >= 12, got {tuple(img_a.shape[2:])}")
+            raise UserError(f"DIS needs width or height >= 12, got {tuple(img_a.shape[2:])}")
         flows = []
         for a, b in zip(img_a, img_b, strict=True):
             # calc returns (H,W,2) float32 with a(p) ~ b(p + flow(p)), x first: our convention already.

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from tdms.flow import check_pair
 from tdms.flow.flownet2_net import FlowNet2
-from tdms.flow.nets import check_pair, load_strict, read_weights
+from tdms.weights import load_strict, read_weights
 
 FILE_NAME = "FlowNet2_checkpoint.pth.tar"
 WHAT = "NVIDIA FlowNet2 (flownet2-pytorch's FlowNet2_checkpoint.pth.tar)"
@@ -34,10 +35,7 @@ def load_flownet2(path: Path) -> FlowNet2:
             f"{default_checkpoint()}, or give its path (flow.checkpoint / --flow-checkpoint).")
     obj = read_weights(path, WHAT, hint)
     # NVIDIA's file is torch.save({'epoch', 'state_dict', 'best_EPE'}); a bare state dict is accepted as well.
-    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        kind = f"a dict with keys {list(obj)[:5]}" if isinstance(obj, dict) else type(obj).__name__
-        raise ValueError(f"{path}: holds {kind}, not a state dict; expected {WHAT}: a dict with 'state_dict'.")
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
     net = FlowNet2()
     load_strict(net, state, path, WHAT)
     return net

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tdms.flow.correlation import channel_norm, correlation
-from tdms.warp import warp
+from tdms.flow.warp import warp
 
 DIV_FLOW = 20.0  # the sub-networks predict flow / 20 (the SD branch's output is divided by 20 instead)
 # Decoder widths shared by FlowNetC/S/SD, per level l (stride 2**l): deconv outputs and encoder skip channels.

@@ -2,7 +2,7 @@
 
 import torch
 
-from tdms.warp import warp
+from tdms.flow.warp import warp
 
 
 def sq_norm(x: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.optical_flow import Raft_Large_Weights, Raft_Small_Weights, raft_large, raft_small
 
-from tdms.flow.nets import check_pair, load_strict, mismatch, read_weights
+from tdms.errors import UserError
+from tdms.flow import check_pair
+from tdms.weights import differences, load_strict, read_weights
 
 # size -> (builder, torchvision's default weights: large C_T_SKHT_V2, small C_T_V2)
 MODELS = {"large": (raft_large, Raft_Large_Weights.DEFAULT), "small": (raft_small, Raft_Small_Weights.DEFAULT)}
@@ -34,12 +36,10 @@ def load_raft(size: str, path: Path) -> torch.nn.Module:
             f"torchvision.models.optical_flow.raft_{size}(weights='DEFAULT') fetches it where there is internet), "
             f"or give its path (flow.checkpoint).")
     state = read_weights(path, what, hint)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        kind = f"a dict with keys {list(state)[:5]}" if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"{path}: holds {kind}, not a state dict; expected {what}.")
     other = "small" if size == "large" else "large"
-    if mismatch(state, model := MODELS[size][0]()) and not mismatch(state, MODELS[other][0]()):
-        raise ValueError(f"{path} holds torchvision raft_{other} weights, not raft_{size}: use flow backend "
+    if isinstance(state, dict) and differences(state, model := MODELS[size][0]()) \
+            and not differences(state, MODELS[other][0]()):
+        raise UserError(f"{path} holds torchvision raft_{other} weights, not raft_{size}: use flow backend "
                          f"'{'raft' if other == 'large' else 'raft-small'}' for it.")
     load_strict(model, state, path, what)
     return model
@@ -64,7 +64,7 @@ class RAFTFlow:
                  differentiable: bool = False, model: torch.nn.Module | None = None):
         """`model`: a ready network to use instead of loading `checkpoint` (benchmarks with random weights, tests)."""
         if size not in MODELS:
-            raise ValueError(f"unknown RAFT size {size!r}; choose from {sorted(MODELS)}")
+            raise UserError(f"unknown RAFT size {size!r}; choose from {sorted(MODELS)}")
         self.checkpoint = Path(checkpoint) if checkpoint else default_checkpoint(size)
         self.device = torch.device(device)
         model = load_raft(size, self.checkpoint) if model is None else model

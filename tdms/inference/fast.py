@@ -1,0 +1,119 @@
+"""One frame of the recurrence, run fast: channels_last, bf16/fp16, torch.compile, CUDA graphs.
+
+    step = make_step(model, "cuda", amp="bf16", channels_last=True, cuda_graph=True)
+    o_t, state = step(i_prev, i_t, o_prev, p_t, state)   # (B,3,H,W) on the device, H, W multiples of 4
+
+O_t comes back in fp32 whatever `amp` is. With bf16/fp16 TDMS-Net's heads (mask, flow, residual) run in a cast
+copy of the network and O_t = M·warp(O_{t-1}, F) + (1-M)·P_t + R is composed in fp32, so the recurrence carries O
+at full precision. (Autocast does the same on CUDA, but on CPU it runs reflection padding in fp32 and casts every
+layer's input twice, which costs more than bf16 saves.) Networks without separate heads (Lai et al.'s) and their
+`state` run under autocast.
+
+Tolerances against the plain fp32 NCHW forward (tests/test_batched.py): channels_last and batching ≤ 1e-5; bf16
+a mean absolute difference ≤ 5e-3 per frame. bf16 pays off on CPUs with AVX512-BF16/AMX (scripts/benchmark.py
+measures it); fp16 needs CUDA.
+"""
+
+import copy
+from contextlib import nullcontext
+
+import torch
+import torch.nn as nn
+
+from tdms.errors import UserError
+from tdms.flow.warp import warp
+
+AMP = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class Step(nn.Module):
+    """(I_{t-1}, I_t, O_{t-1}, P_t, *state) -> (O_t fp32, *state), all (B,C,H,W)."""
+
+    def __init__(self, net: nn.Module, dtype: torch.dtype | None, channels_last: bool, device_type: str):
+        super().__init__()
+        self.dtype, self.device_type = dtype, device_type
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.split = dtype is not None and hasattr(net, "heads")  # heads in dtype, composition in fp32
+        if self.split or channels_last:  # a copy: the caller's model keeps its weights
+            net = copy.deepcopy(net).to(dtype=dtype if self.split else None, memory_format=self.memory_format)
+        self.net = net
+
+    def fmt(self, x: torch.Tensor, dtype=None) -> torch.Tensor:
+        return x.to(dtype=dtype or x.dtype, memory_format=self.memory_format)
+
+    def forward(self, i_prev, i_t, o_prev, p_t, *state):
+        if self.split:
+            mask, flow, residual = self.net.heads(*(self.fmt(x, self.dtype) for x in (i_prev, i_t, o_prev, p_t)))
+            mask, flow = mask.float(), flow.float()
+            # TDMSNet.forward's composition, in fp32
+            return (mask * warp(o_prev, flow) + (1 - mask) * p_t + residual.float(),)
+        extra = {"state": state or None} if getattr(self.net, "recurrent", False) else {}
+        # no cast cache: cached weight copies would outlive a CUDA graph capture's memory pool
+        amp = torch.autocast(self.device_type, dtype=self.dtype, cache_enabled=False) if self.dtype else nullcontext()
+        with amp:
+            out = self.net(*(self.fmt(x) for x in (i_prev, i_t, o_prev, p_t)), **extra)
+        return (out["output"].float(), *(out.get("state") or ()))
+
+
+class CudaGraphs:
+    """Replays one captured CUDA graph per input shape: within a video group the frame size and batch are fixed,
+    so each frame costs one launch instead of ~100 kernel launches. Outputs are copied out of the graph's
+    buffers, so they stay valid across calls."""
+
+    def __init__(self, fn):
+        self.fn, self.graphs = fn, {}
+
+    def __call__(self, *xs):
+        key = tuple((tuple(x.shape), x.dtype) for x in xs)
+        if key not in self.graphs:
+            self.graphs[key] = self.capture(xs)
+        graph, inputs, outputs = self.graphs[key]
+        for buf, x in zip(inputs, xs, strict=True):
+            buf.copy_(x)
+        graph.replay()
+        return tuple(y.clone() for y in outputs)
+
+    def capture(self, xs):
+        inputs = [x.clone() for x in xs]  # clone keeps the memory format
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside the graph: cuDNN autotuning, compile, lazy init
+            for _ in range(3):
+                self.fn(*inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = self.fn(*inputs)
+        return graph, inputs, outputs
+
+
+def make_step(model: nn.Module, device, amp: str = "fp32", channels_last: bool = False, compile: bool = False,
+              cuda_graph: bool = False):
+    """step(i_prev, i_t, o_prev, p_t, state=None) -> (O_t fp32, state); call it under torch.inference_mode().
+
+    amp: fp32 | bf16 | fp16 (fp16 on CUDA only). compile: torch.compile, specialised per input shape.
+    cuda_graph: capture one CUDA graph per input shape (CUDA only).
+    """
+    device = torch.device(device)
+    if amp not in AMP:
+        raise UserError(f"unknown dtype {amp!r}; choose from {list(AMP)}")
+    if amp == "fp16" and device.type != "cuda":
+        raise UserError(f"fp16 needs a CUDA device, got {device} (on CPU use bf16)")
+    if cuda_graph and device.type != "cuda":
+        raise UserError(f"CUDA graphs need a CUDA device, got {device}")
+    if cuda_graph and getattr(model, "flow_prior", False):
+        raise UserError("CUDA graphs cannot capture this model's flow prior (DIS runs on the CPU); "
+                         "drop --cuda-graph")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed frame sizes: let cuDNN pick its fastest kernels once
+    fn = Step(model, AMP[amp], channels_last, device.type)
+    if compile:  # freezing: the weights are constants here, so inductor may pre-pack them (oneDNN on CPU)
+        fn = torch.compile(fn, dynamic=False, options={"freezing": True})
+    if cuda_graph:
+        fn = CudaGraphs(fn)
+
+    def step(i_prev, i_t, o_prev, p_t, state=None):
+        out = fn(i_prev, i_t, o_prev, p_t, *(state or ()))
+        return out[0], tuple(out[1:]) or None
+
+    return step

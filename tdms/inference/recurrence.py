@@ -1,0 +1,59 @@
+"""The recurrence over one video: O_0 = P_0, then O_t from (I_{t-1}, I_t, O_{t-1}, P_t).
+
+Each method is a generator over (I_t, P_t) frame pairs yielding O_t as float32 (H,W,3) numpy frames, unclipped
+(the writer clips).
+"""
+
+
+import torch
+import torch.nn.functional as F
+
+from tdms.flow.warp import warp
+from tdms.frames.io import frames_to_tensor, tensor_to_frame
+from tdms.inference.fast import make_step
+
+METHODS = ("tdms", "naive", "bonneel", "identity")
+
+
+def pad_to(x: torch.Tensor, multiple: int = 4) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Reflection-pad (B,C,H,W) on the right and bottom to multiples of `multiple`; returns the old size."""
+    h, w = x.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
+    return x, (h, w)
+
+
+def tdms_frames(model, pairs, device="cpu", amp: str = "fp32"):
+    """O_0 = P_0, then O_t = model(I_{t-1}, I_t, O_{t-1}, P_t): the plain path (fp32 NCHW unless amp says)."""
+    return step_frames(make_step(model, device, amp), pairs, device)
+
+
+@torch.inference_mode()
+def step_frames(step, pairs, device="cpu"):
+    """O_t of one video from its (I_t, P_t) frames; `step` from runner.make_step. O_{t-1} stays on the device."""
+    i_prev = o_prev = state = None
+    for i_np, p_np in pairs:
+        i_t, size = pad_to(frames_to_tensor(i_np).to(device))
+        p_t, _ = pad_to(frames_to_tensor(p_np).to(device))
+        if o_prev is None:
+            o_t = p_t
+        else:
+            o_t, state = step(i_prev, i_t, o_prev, p_t, state)
+        yield tensor_to_frame(o_t[..., : size[0], : size[1]])
+        i_prev, o_prev = i_t, o_t
+
+
+def naive_frames(flow, pairs):
+    """O_t = ½ P_t + ½ warp(O_{t-1}, flow(I_t -> I_{t-1})): the blend baseline of the model card."""
+    i_prev = o_prev = None
+    for i_np, p_np in pairs:
+        i_t, p_t = frames_to_tensor(i_np), frames_to_tensor(p_np)
+        o_t = p_t if o_prev is None else 0.5 * p_t + 0.5 * warp(o_prev, flow(i_t, i_prev))
+        yield tensor_to_frame(o_t)
+        i_prev, o_prev = i_t, o_t
+
+
+def identity_frames(pairs):
+    for _, p_np in pairs:
+        yield p_np

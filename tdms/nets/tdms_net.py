@@ -1,0 +1,131 @@
+"""TDMS-Net: three heads (motion mask, soft flow, refining residual) over a two-stream encoder.
+
+    O_t = M_t * warp(O_{t-1}, F_t) + (1 - M_t) * P_t + R_t
+
+Parameter names follow the authors' released checkpoint so that `model_pf_epoch_65.pth` loads unchanged.
+
+A deviation, off by default (`model.flow_prior`): with a flow prior F° = flow(I_t -> I_{t-1}) from a classical
+estimator (DIS), the network sees I_{t-1} and O_{t-1} pre-aligned by F° and its flow head predicts a correction,
+F_t = F° + ΔF_t. The weights and layer names stay those of the released model; only the routing of the two
+previous frames changes. The shipped CPU-trained checkpoint uses it (checkpoints/README.md says why).
+"""
+
+
+import torch
+import torch.nn as nn
+
+from tdms.errors import UserError
+from tdms.flow.warp import warp
+from tdms.nets.layers import NORMS, ColumnConvLayer, ConvLayer, ResidualBlock, UpsampleConvLayer
+
+FLOW_SCALE = 20.0  # the flow head's output is multiplied by 20 (pixels)
+
+
+class TDMSNet(nn.Module):
+    """TDMS-Net. Inputs are (B,3,H,W) in [0,1] with H, W multiples of 4.
+
+    original_quirks=True reproduces the released model's forward exactly: the mask and flow heads'
+    residual blocks each see E3 and only the last one's output is used, and the (IN) norm layers exist
+    but are not applied. False (default) chains the blocks and applies `norm` as asked.
+    """
+
+    def __init__(self, nf: int = 32, norm: str = "none", original_quirks: bool = False, prior_flow=None):
+        super().__init__()
+        # flow(img_a, img_b) -> (B,2,H,W), tdms.flow's contract; None = the paper's network. Not a submodule:
+        # it has no weights and is rebuilt from the config (checkpoint.build_model).
+        self.prior_flow = prior_flow
+        if norm not in NORMS:
+            raise UserError(f"norm must be one of {NORMS}, got {norm!r}")
+        self.original_quirks = original_quirks
+        q = original_quirks
+
+        def conv(cin, cout, k, stride=1):
+            return ConvLayer(cin, cout, k, stride, norm, q)
+
+        def blocks(n):
+            return nn.Sequential(*[ResidualBlock(nf * 4, norm, q) for _ in range(n)])
+
+        def transposed(cin, cout):
+            return nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1)
+
+        self.conv1a = conv(6, nf, 7)  # cat(I_{t-1}, I_t)
+        self.conv1b = conv(6, nf, 7)  # cat(O_{t-1}, P_t)
+        self.conv2a = conv(nf, nf * 2, 3, 2)
+        self.conv2b = conv(nf, nf * 2, 3, 2)
+        self.conv3 = conv(nf * 4, nf * 4, 3, 2)
+        self.ResBlocks = blocks(5)
+        self.ResBlocks_w = blocks(2)
+        self.ResBlocks_f = blocks(3)
+        # refining residual head: upsample-conv with skips from the original-frame branch
+        self.deconv1 = UpsampleConvLayer(nf * 4, nf * 2, 3, 1, norm, q)
+        self.deconv2 = UpsampleConvLayer(nf * 4, nf, 3, 1, norm, q)
+        # The three output layers have no norm (not even a dead one): the original builds them with norm=None.
+        self.deconv3 = ColumnConvLayer(nf * 2, 3, 7)
+        # mask head
+        self.deconv1_w = transposed(nf * 4, nf * 2)
+        self.deconv2_w = transposed(nf * 2, nf)
+        self.deconv3_w = ColumnConvLayer(nf, 3, 7)
+        # flow head
+        self.deconv1_f = transposed(nf * 4, nf * 2)
+        self.deconv2_f = transposed(nf * 2, nf)
+        self.deconv3_f = ColumnConvLayer(nf, 2, 7)
+        self.relu = nn.LeakyReLU(0.2, inplace=True)
+
+    def _head_blocks(self, blocks: nn.Sequential, e3):
+        if self.original_quirks:  # each block applied to E3, only the last output kept
+            return blocks[-1](e3)
+        return blocks(e3)
+
+    @property
+    def flow_prior(self) -> bool:
+        return self.prior_flow is not None
+
+    def heads(self, i_prev, i_t, o_prev, p_t, prior=None):
+        """Mask (B,3,H,W) in (0,1), flow (B,2,H,W) pixels t→t-1, residual (B,3,H,W) in (-1,1).
+
+        With a flow prior, `prior` is F° (B,2,H,W) fp32 (computed here when None; training passes the cached F*).
+        The pre-alignment and F° + ΔF run in fp32 whatever the dtype of the other inputs.
+        """
+        h, w = i_t.shape[-2:]
+        if h % 4 or w % 4:
+            raise UserError(f"TDMSNet needs H and W divisible by 4, got {h}×{w} (pad the frames)")
+        if self.flow_prior:
+            if prior is None:
+                prior = self.prior_flow(i_t.float(), i_prev.float())
+            prior = prior.float()
+            i_prev, o_prev = (warp(x.float(), prior).to(x.dtype) for x in (i_prev, o_prev))
+        elif prior is not None:
+            raise UserError("a flow prior was given to a TDMSNet built without one (model.flow_prior=none)")
+        act = self.relu
+        e1a = act(self.conv1a(torch.cat((i_prev, i_t), 1)))
+        e1b = act(self.conv1b(torch.cat((o_prev, p_t), 1)))
+        e2a = act(self.conv2a(e1a))
+        e2b = act(self.conv2b(e1b))
+        e3 = act(self.conv3(torch.cat((e2a, e2b), 1)))
+
+        r = self.ResBlocks(e3)
+        r = act(self.deconv1(r))
+        r = act(self.deconv2(torch.cat((r, e2a), 1)))
+        residual = torch.tanh(self.deconv3(torch.cat((r, e1a), 1)))
+
+        m = self._head_blocks(self.ResBlocks_w, e3)
+        m = act(self.deconv2_w(act(self.deconv1_w(m))))
+        mask = torch.sigmoid(self.deconv3_w(m))
+
+        f = self._head_blocks(self.ResBlocks_f, e3)
+        f = act(self.deconv2_f(act(self.deconv1_f(f))))
+        flow = self.deconv3_f(f) * FLOW_SCALE
+        if self.flow_prior:
+            flow = prior + flow.float()
+        return mask, flow, residual
+
+    def forward(self, i_prev, i_t, o_prev, p_t, prior=None) -> dict:
+        """One step of the recurrence. Returns output, mask, flow, residual, warped (= warp(O_{t-1}, F_t))."""
+        mask, flow, residual = self.heads(i_prev, i_t, o_prev, p_t, prior)
+        warped = warp(o_prev, flow)
+        output = mask * warped + (1 - mask) * p_t + residual
+        return {"output": output, "mask": mask, "flow": flow, "residual": residual, "warped": warped}
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

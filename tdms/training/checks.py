@@ -1,0 +1,114 @@
+"""What tdms-train checks before and around its loop, and what it records: settings refused by key, a resumed
+run's config against its checkpoint's, a DataLoader worker's error as one line, a non-finite loss's terms, and
+run.json."""
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from tdms import distributed
+from tdms.config import Config, config_from_dict, to_dict
+from tdms.errors import UserError
+
+# what --resume may change: the run's length, where it and its data lie, and settings that touch no number of the run
+RESUMABLE = ("train.steps", "train.out", "train.log_every", "train.image_every", "train.ckpt_every", "train.threads",
+             "data.workers", "data.root", "data.flow_cache")
+
+
+def show_terms(terms: dict, weighted: dict, w) -> str:
+    """'name weight×term = product' for each term, the non-finite ones marked (a finite term can overflow)."""
+    parts = []
+    for name, value in terms.items():
+        product = weighted[name].item()
+        mark = "" if math.isfinite(product) else " (non-finite)"
+        parts.append(f"{name} {getattr(w, name):g}×{value.item():.4g} = {product:.4g}{mark}")
+    if all(math.isfinite(weighted[name].item()) for name in terms):
+        parts.append("their sum overflows")
+    return ", ".join(parts)
+
+
+def check_settings(cfg: Config):
+    """Values the loop, the sampler or the networks cannot take, refused by key before any work."""
+    t, d = cfg.train, cfg.data
+    rules = [
+        ("train.steps", t.steps, t.steps >= 1, ">= 1"),
+        ("train.batch", t.batch, t.batch >= 1, ">= 1"),
+        ("data.workers", d.workers, d.workers >= 0, ">= 0 (0 = load in the training process)"),
+        ("data.sample_frames", d.sample_frames, d.sample_frames >= 2, ">= 2 (a clip's frames follow a first one)"),
+        ("data.crop", d.crop, d.crop >= 4 and d.crop % 4 == 0, "a positive multiple of 4 (the networks' input size)"),
+        ("data.scale_min", d.scale_min, d.scale_min > 0, "> 0"),
+        ("data.scale_max", d.scale_max, d.scale_max >= d.scale_min, f">= data.scale_min={d.scale_min}"),
+    ] + [(f"train.{name}", getattr(t, name), getattr(t, name) >= 0, ">= 0 (0 = off)")
+         for name in ("log_every", "image_every", "ckpt_every")]
+    for key, value, ok, want in rules:
+        if not ok:
+            raise UserError(f"{key} must be {want}, got {value}")
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}"""
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_resume_config(cfg: Config, stored: dict, source: Path):
+    """A resumed run continues exactly: its config may differ from the checkpoint's only in RESUMABLE keys."""
+    try:  # through the loader: a key added since the checkpoint takes its default
+        old = flatten(to_dict(config_from_dict(stored)))
+    except ValueError as e:
+        raise UserError(f"--resume: {source} holds a config this version cannot read: {e}") from None
+    new = flatten(to_dict(cfg))
+    changed = [f"{k} {old[k]!r} -> {new[k]!r}" for k in new if k not in RESUMABLE and new[k] != old[k]]
+    if changed:
+        raise UserError(f"--resume: the config differs from the run's ({source}): {', '.join(changed)}; a resumed "
+                         f"run continues exactly, so only {', '.join(RESUMABLE)} may change (start a new run, "
+                         f"with --init-weights {source} to keep the weights)")
+
+
+def worker_error(e: Exception) -> Exception:
+    """A DataLoader worker's exception comes back as "Caught X in DataLoader worker process N. Original Traceback
+    ... X: message": the worker's exception again, its message one line. Other exceptions are returned as they are."""
+    lines = str(e).strip().splitlines()
+    if len(lines) < 2 or "in DataLoader worker process" not in lines[0]:
+        return e
+    name, message = lines[0].split()[1], lines[-1]
+    head, sep, tail = message.partition(": ")
+    if sep and head.rsplit(".", 1)[-1] == name:  # "ValueError: ..." or "tdms.x.Error: ..."
+        message = tail
+    try:
+        return type(e)(message)
+    except Exception:  # an exception class that does not take one message
+        return RuntimeError(message)
+
+
+def batches(loader: DataLoader):
+    """The loader's batches; an error in a worker is raised as in the training process (one line)."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except Exception as e:
+            raise worker_error(e) from None
+        yield batch
+
+
+def write_run_record(out: Path, sha: str, device: torch.device, step: int, world: distributed.World):
+    """run.json: the code, device and world size that started the run; each resume is appended, not written over."""
+    now = {"git": sha, "device": str(device), "world_size": world.size}
+    path = out / "run.json"
+    if step == 0 or not path.is_file():
+        record = {**now, "resumed_at": step, "resumes": []}
+    else:
+        record = json.loads(path.read_text())
+        record.setdefault("resumes", []).append({**now, "step": step})
+    path.write_text(json.dumps(record))

@@ -1,0 +1,180 @@
+"""Training clips from Lai et al.'s layout (DESIGN §6), with cached flows and the augmentations of DESIGN §5.
+
+A sample is a dict:
+    'input'     (S,3,h,w) float [0,1]   original frames I
+    'processed' (S,3,h,w) float [0,1]   per-frame processed frames P
+    'flow'      (S-1,2,h,w) pixels       F*_t = flow(I_t -> I_{t-1}) for t = 1..S-1 (x first)
+    'name'      str                      "<task>/<dataset>/<video>@<first frame>"
+Sample k is a pure function of (seed, k), so a resumed run sees exactly the data it would have seen.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from tdms.errors import MissingFile, UserError
+from tdms.flow.cache import FlowCache
+from tdms.frames.io import list_frames, read_frame
+from tdms.frames.layout import entries, read_list, read_tasks
+
+
+@dataclass
+class Clip:
+    task: str
+    dataset: str
+    video: str
+    input_dir: Path
+    processed_dir: Path
+    input_files: list[Path]  # listed once here, not on every sample
+    processed_files: list[Path]
+
+    @property
+    def frames(self) -> int:
+        return len(self.input_files)
+
+
+
+
+
+
+def find_clips(root: Path, phase: str, tasks_list: Path) -> list[Clip]:
+    """All (task, dataset, video) triples of a phase, checked against the disk."""
+    clips = []
+    for dataset, _ in read_tasks(tasks_list):
+        list_file = root / "lists" / f"{dataset}_{phase}.txt"
+        if not read_list(list_file):
+            raise UserError(f"{list_file}: lists no videos (dataset {dataset} of {tasks_list})")
+    for e in entries(root, phase, tasks_list):
+        for d in (e.input, e.processed):
+            if not d.is_dir():
+                raise MissingFile(f"{tasks_list}: video {e.dataset}/{e.video} (task {e.task}) not on disk: {d}")
+        in_files, p_files = list_frames(e.input), list_frames(e.processed)
+        if len(p_files) < len(in_files):
+            raise UserError(f"{e.processed}: {len(p_files)} processed frames but {len(in_files)} input frames in "
+                            f"{e.input}")
+        clips.append(Clip(e.task, e.dataset, e.video, e.input, e.processed, in_files, p_files))
+    if not clips:
+        raise UserError(f"{tasks_list}: no training videos")
+    return clips
+
+
+def check_processed(clip: Clip, size: tuple[int, int]):
+    """Each processed frame paired with an input frame is a non-empty image of the input's size (H, W).
+
+    Sizes come from the image headers (PIL reads no pixels); a file PIL does not know is decoded."""
+    h, w = size
+    for path in clip.processed_files[:clip.frames]:
+        if path.stat().st_size == 0:
+            raise UserError(f"{path}: empty file (0 bytes), not an image")
+        try:
+            with Image.open(path) as img:
+                pw, ph = img.size
+        except (UnidentifiedImageError, OSError):
+            ph, pw = read_frame(path).shape[:2]
+        if (ph, pw) != (h, w):
+            raise UserError(f"{path}: processed frame is {pw}×{ph}, the input frames in {clip.input_dir} are {w}×{h}")
+
+
+def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if h < img.shape[0] else cv2.INTER_LINEAR)
+
+
+def _dihedral(arr: np.ndarray, transpose: bool, hflip: bool, vflip: bool, is_flow: bool) -> np.ndarray:
+    """Apply one of the 8 rotations/flips to an (H,W,C) image or flow; flow vectors move with the pixels."""
+    if transpose:  # (x, y) -> (y, x): swap axes, and u <-> v
+        arr = arr.transpose(1, 0, 2)
+        if is_flow:
+            arr = arr[..., ::-1]
+    if hflip:
+        arr = arr[:, ::-1]
+        if is_flow:
+            arr = arr * np.array([-1.0, 1.0], np.float32)
+    if vflip:
+        arr = arr[::-1]
+        if is_flow:
+            arr = arr * np.array([1.0, -1.0], np.float32)
+    return arr
+
+
+class ClipDataset(Dataset):
+    """Random clips of `sample_frames` frames. Index k draws its clip and augmentation from rng(seed, k)."""
+
+    def __init__(self, clips: list[Clip], cache: FlowCache, sample_frames: int, crop: int,
+                 scale_min: float = 0.5, scale_max: float = 2.0, augment: bool = True, seed: int = 0,
+                 length: int = 10**9, frame_gap: int = 1):
+        short = [c for c in clips if c.frames < sample_frames]
+        if short:
+            c = short[0]
+            raise UserError(f"{c.input_dir}: {c.frames} frames, fewer than sample_frames={sample_frames}")
+        if frame_gap < 1:
+            raise UserError(f"data.frame_gap must be >= 1, got {frame_gap}")
+        self.clips, self.cache = clips, cache
+        self.s, self.crop = sample_frames, crop
+        self.scale_min, self.scale_max, self.augment = scale_min, scale_max, augment
+        self.seed, self.length = seed, length
+        self.frame_gap = frame_gap if augment else 1
+
+    def gaps(self) -> range:
+        """The frame gaps a clip may be drawn with: the flow cache needs their pairs."""
+        return range(1, self.frame_gap + 1)
+
+    def __len__(self):
+        return self.length
+
+    def _scale(self, rng, h: int, w: int) -> float:
+        need = self.crop / min(h, w)  # keep the short side >= crop
+        if not self.augment:
+            return max(1.0, need)
+        lo = max(self.scale_min, need)
+        hi = max(self.scale_max, lo)
+        return float(rng.uniform(lo, hi))
+
+    def __getitem__(self, k: int) -> dict:
+        rng = np.random.default_rng([self.seed, k])
+        clip = self.clips[rng.integers(len(self.clips))]
+        gap = 1
+        if self.frame_gap > 1:  # drawn only then: the default's samples stay those of earlier versions
+            gap = int(rng.integers(1, min(self.frame_gap, (clip.frames - 1) // max(self.s - 1, 1)) + 1))
+        t0 = int(rng.integers(clip.frames - (self.s - 1) * gap))
+        reverse = self.augment and rng.random() < 0.5
+        transpose, hflip, vflip = (rng.random(3) < 0.5) if self.augment else (False, False, False)
+
+        idx = list(range(t0, t0 + (self.s - 1) * gap + 1, gap))
+        files = [clip.input_files[i] for i in idx] + [clip.processed_files[i] for i in idx]
+        frames = [read_frame(f) for f in files]
+        h, w = frames[0].shape[:2]
+        for f, frame in zip(files, frames, strict=True):  # never resized to fit: a wrong size is an error
+            if frame.shape[:2] != (h, w):
+                raise UserError(f"{f}: frame is {frame.shape[1]}×{frame.shape[0]}, {files[0]} is {w}×{h}")
+        ins, ps = frames[:len(idx)], frames[len(idx):]
+        # F*_t = flow(frame t -> frame t-1) in the order the clip is played
+        flows = []
+        for i in idx[:-1]:
+            fw, bw, _ = self.cache.pair(clip.input_dir, i, gap)
+            flows.append((fw if reverse else bw).permute(1, 2, 0).numpy())
+        if reverse:
+            ins, ps, flows = ins[::-1], ps[::-1], flows[::-1]
+
+        s = self._scale(rng, h, w)
+        nh, nw = max(self.crop, round(h * s)), max(self.crop, round(w * s))
+        y = int(rng.integers(nh - self.crop + 1))
+        x = int(rng.integers(nw - self.crop + 1))
+        ratio = np.array([nw / w, nh / h], np.float32)  # per-axis flow rescale
+
+        def prep(img, is_flow=False):
+            img = _resize(img, nh, nw) * (ratio if is_flow else 1.0)
+            img = img[y:y + self.crop, x:x + self.crop]
+            img = _dihedral(img, transpose, hflip, vflip, is_flow)
+            return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32))
+
+        return {
+            "input": torch.stack([prep(f) for f in ins]),
+            "processed": torch.stack([prep(f) for f in ps]),
+            "flow": torch.stack([prep(f, True) for f in flows]),
+            "name": f"{clip.task}/{clip.dataset}/{clip.video}@{t0}" + (f"+{gap}" if gap > 1 else ""),
+        }
