@@ -97,7 +97,7 @@ def test_wrong_files(tmp_path, small):
         RAFTFlow("small", large)
     princeton = tmp_path / "raft-things.pth"
     torch.save({"module.fnet.conv1.weight": torch.zeros(64, 3, 7, 7)}, princeton)
-    with pytest.raises(ValueError, match="raft-things.pth: holds .*DataParallel.*princeton-vl RAFT.*expected torchvision"):
+    with pytest.raises(ValueError, match="raft-things.pth: holds .*DataParallel.*princeton-vl RAFT.*expected torch"):
         RAFTFlow("large", princeton)
     with pytest.raises(ValueError, match="at least 128"):
         small(torch.rand(1, 3, 120, 200), torch.rand(1, 3, 120, 200))
