@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(PY) scripts/demo.py --data $(DEMO) --out $(OUT)
 
 benchmark: $(STAMP)
-	$(PY) scripts/benchmark.py --json $(OUT)/benchmark.json --plot $(OUT)/benchmark.png
+	$(PY) scripts/bench/benchmark.py --json $(OUT)/benchmark.json --plot $(OUT)/benchmark.png
 
 clean-demo:
 	rm -rf $(OUT) $(DEMO)

@@ -3,7 +3,7 @@
     model = torch.hub.load("path/to/tdms", "tdms", source="local")                  # checkpoints/tdms_offline.pth
     model = torch.hub.load("path/to/tdms", "tdms", source="local", checkpoint="model_pf_epoch_65.pth", device="cuda")
 
-Then `tdms.stabilize(original, processed, model=model)` (see the README's "Python API").
+Then `tdms.stabilize(original, processed, model=model)` (see docs/api.md).
 """
 
 from tdms.api import load_model

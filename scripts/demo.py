@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 from tdms.commands.build_data import main as build_data
-from tdms.commands.evaluate import MARKER as EVAL_MARKER
 from tdms.commands.evaluate import main as evaluate
 from tdms.commands.test import main as run_test
 from tdms.evaluation.plots import plot_series, side_by_side
@@ -23,16 +22,6 @@ from tdms.evaluation.plots import plot_series, side_by_side
 def step(name: str, code: int):
     if code != 0:
         sys.exit(f"demo: {name} failed (exit {code})")
-
-
-def clear_old_report(ev: Path) -> None:
-    """A demo report folder from before tdms-evaluate marked its folders holds only its two files: remove them, so
-    tdms-evaluate (which refuses unmarked folders) can write there again. Anything else there is left alone."""
-    if ev.is_dir() and not (ev / EVAL_MARKER).exists():
-        names = {p.name for p in ev.iterdir()}
-        if names and names <= {"metrics.json", "warping_error.png"}:
-            for name in names:
-                (ev / name).unlink()
 
 
 def main(argv=None) -> int:
@@ -53,7 +42,6 @@ def main(argv=None) -> int:
         step(f"tdms-test --method {method}", run_test(["--method", method, "--input", str(inp), "--processed",
                                                        str(proc), "--output", str(out), "--redo", *extra]))
         ev = args.out / f"eval_{method}"
-        clear_old_report(ev)
         step(f"tdms-evaluate ({method})", evaluate(["--input", str(inp), "--processed", str(proc), "--results",
                                                     str(out), "--cache", str(args.out / "flow_cache"),
                                                     "--out", str(ev)]))

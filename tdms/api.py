@@ -7,24 +7,17 @@ of the processed clip; frames stream one at a time, so a long video never has to
 
 from collections.abc import Iterator
 from pathlib import Path
-from statistics import fmean
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from tdms.errors import MissingFile, UserError
-from tdms.evaluation.lpips import lpips_distance
-from tdms.evaluation.metrics import psnr, ssim, warping_error_pair
-from tdms.evaluation.video import add_derived
+from tdms.evaluation.video import evaluate_clips
 from tdms.flow import build_flow
-from tdms.flow.occlusion import occlusion_mask
 from tdms.frames.arrays import NEED_TWO, Clip, clip_of, convert, start
-from tdms.frames.io import VIDEO_EXTS, frames_to_tensor
+from tdms.frames.io import VIDEO_EXTS
 from tdms.frames.outputs import prepare_output, process_video
-from tdms.inference.bonneel import bonneel_frames
-from tdms.inference.fast import AMP
-from tdms.inference.recurrence import METHODS, identity_frames, naive_frames, tdms_frames
+from tdms.inference.methods import make_method
 from tdms.nets import build
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
@@ -51,45 +44,14 @@ def load_model(path_or_name=None, device="cpu") -> torch.nn.Module:
     return build.load_model(checkpoint_path(path_or_name), device)
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def method_frames(method: str, model, device, amp: str, flow, lam: float):
-    """A function: iterator of (I_t, P_t) float frames -> iterator of O_t float32 (H,W,3), unclipped."""
-    if method not in METHODS:
-        raise UserError(f"unknown method {method!r}; choose from {list(METHODS)}")
-    if method != "tdms":
-        if model is not None:
-            raise UserError(f"model= is for method='tdms', not {method!r}")
-        if method == "identity":
-            return identity_frames
-        backend = build_flow(flow) if isinstance(flow, str) else flow
-        if method == "naive":
-            return lambda pairs: naive_frames(backend, pairs)
-        return lambda pairs: bonneel_frames(backend, pairs, lam, device or "cpu")
-    if amp not in AMP:
-        raise UserError(f"unknown amp {amp!r}; choose from {list(AMP)}")
-    if not isinstance(model, torch.nn.Module):
-        model = load_model(model, device or "cpu")
-    on = next(model.parameters()).device
-    if device is not None and torch.device(device).type != on.type:
-        raise UserError(f"the model is on {on} but device={device!r}; move it (model.to(device)) or drop device=")
-    return lambda pairs: tdms_frames(model, pairs, on, amp)
+    """A function: iterator of (I_t, P_t) float frames -> iterator of O_t float32 (H,W,3), unclipped.
+
+    model (tdms): a loaded network, a checkpoint path or name, or None for the shipped checkpoint."""
+    checkpoint = None
+    if method == "tdms" and not isinstance(model, torch.nn.Module):
+        checkpoint, model = checkpoint_path(model), None
+    return make_method(method, device, model, checkpoint, amp, flow=flow, lam=lam).frames
 
 
 def check_target(output, clips: list[Clip], overwrite: bool) -> Path:
@@ -142,49 +104,26 @@ def stabilize(original, processed, model=None, method: str = "tdms", device=None
     return out
 
 
-def flow_pair(backend, i_prev: np.ndarray, i_t: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """fw = flow(I_{t-1} -> I_t) (2,H,W) and occlusion (1,H,W), 1 = occluded in t-1, as the evaluation's cache."""
-    a, b = frames_to_tensor(i_prev), frames_to_tensor(i_t)
-    flows = backend(torch.cat([a, b]), torch.cat([b, a])).float().cpu()  # (2,2,H,W): fw, bw
-    return flows[0], occlusion_mask(flows[:1], flows[1:])[0]
-
-
 def scores(output, original, processed=None, flow="dis", lpips=None) -> dict:
-    """DESIGN §8 metrics of a result clip, in one pass; flows and occlusion come from `original` only.
+    """The metrics of a result clip that tdms-evaluate computes, in one pass (evaluation.video.evaluate_clips);
+    flows and occlusion come from `original` only.
 
-    Returns warping_error (Lai et al.: mean over pairs); with `processed` also warping_error_processed,
-    relative_reduction (D_t), psnr and ssim of output vs processed (means over frames 1..T-1); with `lpips`
-    (a model from tdms.evaluation.lpips.load_lpips) also lpips and composite (the form without tracking). `flow` is a
-    backend name or a callable flow(a, b) -> (B,2,H,W). Clips as for `stabilize`.
+    Returns warping_error (Lai et al.: mean over pairs); with `processed` also psnr and ssim of output vs
+    processed (means over frames 1..T-1), warping_error_processed and relative_reduction (D_t); with `lpips`
+    (a model from tdms.evaluation.lpips.load_lpips) also lpips, and composite (the form without tracking).
+    `flow` is a backend name or a callable flow(a, b) -> (B,2,H,W). Clips as for `stabilize`.
     """
     if lpips is not None and processed is None:
         raise UserError("lpips compares the output with the processed clip: pass processed= too")
     clips = [clip_of(original, "original"), clip_of(output, "output")]
     clips += [] if processed is None else [clip_of(processed, "processed")]
     backend = build_flow(flow) if isinstance(flow, str) else flow
-    names = ["warping_error"] + ([] if processed is None else ["warping_error_processed", "psnr", "ssim"])
-    per_pair = {k: [] for k in names + ([] if lpips is None else ["lpips"])}
     tuples = start(clips, "the warping error compares consecutive frames, so it needs T >= 2")
     n = next((c.n for c in clips if c.n is not None), None)
-    prev = None
-    for now in tqdm(tuples, total=n, desc="scores", unit="frame", leave=False):
-        if prev is not None:
-            fw, occ = flow_pair(backend, prev[0], now[0])
-            per_pair["warping_error"].append(warping_error_pair(now[1], prev[1], fw, occ))
-            if processed is not None:
-                per_pair["warping_error_processed"].append(warping_error_pair(now[2], prev[2], fw, occ))
-                per_pair["psnr"].append(psnr(now[1], now[2]))
-                per_pair["ssim"].append(ssim(now[1], now[2]))
-            if "lpips" in per_pair:
-                per_pair["lpips"].append(lpips_distance(lpips, now[1], now[2]))
-        prev = now
-    row = {k: fmean(v) for k, v in per_pair.items()}
-    if processed is not None:
-        add_derived(row, row["warping_error_processed"], use_iou=False)
-    return row
+    return evaluate_clips(tuples, backend, processed is not None, lpips, n)
 
 
 def warping_error(output, original, flow="dis") -> float:
     """Lai et al.'s warping error of `output`: the mean over consecutive pairs of the occlusion-masked squared
-    difference between O_{t-1} and O_t warped back, with flow and occlusion from `original` (DESIGN §8)."""
+    difference between O_{t-1} and O_t warped back, with flow and occlusion from `original`."""
     return scores(output, original, flow=flow)["warping_error"]

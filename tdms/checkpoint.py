@@ -1,64 +1,34 @@
-"""Checkpoints: training state that resumes exactly, weight-only exports, and the authors' released format.
+"""Checkpoints: training state that resumes exactly, and weight-only exports.
 
-Formats recognised by `load_model`:
+Formats recognised by `tdms.nets.build.load_model`:
 - ours (training or export): {'format': 'tdms', 'model': state_dict, 'config': {...}, ...}
 - the authors' release (`model_pf_epoch_65.pth`): {'model': state_dict} with dead IN buffers -> quirks on.
 - Lai et al.'s release (TransformNet + ConvLSTM): {'model': state_dict} with `convlstm.Gates.*` -> arch lai.
 Our checkpoints carry `model.arch` in their config, so either network is rebuilt from the file alone.
+Files are written with tdms.files.save_atomic (a temp file, then a rename).
 """
 
-import os
-import tempfile
 from pathlib import Path
 
-import torch
-
 from tdms.config import to_dict
+from tdms.files import save_atomic
 from tdms.weights import FORMAT, read_checkpoint
-
-
-def atomic_save(obj, path: str | Path):
-    """torch.save to a temp file in the same folder, then rename: a kill never leaves a half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the checkpoint from the rest of a shared group
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def export_weights(train_ckpt: str | Path, out: str | Path, half: bool = True):
     """A small weights-only file from a training checkpoint (fp16 halves its size; loads back to fp32)."""
     ckpt = read_checkpoint(train_ckpt)
     state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in ckpt["model"].items()}
-    atomic_save({"format": FORMAT, "model": state, "config": ckpt["config"], "step": ckpt.get("step"),
+    save_atomic({"format": FORMAT, "model": state, "config": ckpt["config"], "step": ckpt.get("step"),
                  "git": ckpt.get("git")}, out)
 
 
-def training_state(model, optimizer, scheduler, scaler, step: int, best: float, cfg, git: str) -> dict:
-    """Everything a run needs to resume exactly."""
+def training_state(model, optimizer, scheduler, scaler, step: int, cfg, git: str) -> dict:
+    """Everything a run needs to resume exactly: the unwrapped model's weights, the optimizer, the LR schedule,
+    the fp16 GradScaler (None without one), the step, the resolved config and the code's git SHA.
+
+    Files written before this version also hold 'best' (always NaN) and 'rng' (never restored): nothing reads
+    them, and they still load and resume."""
     return {"format": FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-            "step": step, "best": best, "config": to_dict(cfg), "git": git,
-            "rng": {"torch": torch.get_rng_state(), "python": None}}
+            "step": step, "config": to_dict(cfg), "git": git}

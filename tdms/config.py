@@ -1,10 +1,11 @@
-"""One config schema: typed dataclass defaults, one YAML per experiment, `section.key=value` overrides.
+"""Every config schema of tdms (training, batch evaluation), its YAML files and `section.key=value` overrides, and
+the choice of device and threads.
 
-Unknown keys are errors everywhere (YAML and command line).
-
-Defaults follow DESIGN §5 except `loss.flow_cycle`, which defaults to 0 (DESIGN: 1) so that configs written
-before the term existed (configs/tdms_offline.yaml, the shipped model's recipe) train exactly as before;
-configs/paper_tdms.yaml sets it to 1.
+Typed dataclass defaults, one flat YAML per experiment; unknown keys are errors everywhere (YAML and command
+line). Training defaults follow the original TDMS-Net code (loss weights temporal 100, perceptual 10, fidelity 1,
+flow 0.5, mask 1; crop 192, batch 2, Adam 1e-4) except `loss.flow_cycle`, which defaults to 0 (the original: 1)
+so that configs written before the term existed (configs/tdms_offline.yaml, the shipped model's recipe) train
+exactly as before; configs/paper_tdms.yaml sets it to 1.
 """
 
 import dataclasses
@@ -21,11 +22,12 @@ ARCHS = ("tdms", "lai")
 
 @dataclass
 class ModelConfig:
-    arch: str = "tdms"  # tdms | lai (Lai et al. 2018: TransformNet + ConvLSTM, DESIGN §9)
+    arch: str = "tdms"  # tdms | lai (Lai et al. 2018: TransformNet + ConvLSTM)
     nf: int = 32
     norm: str = "none"  # none | instance (the original said IN but never applied it)
-    original_quirks: bool = False  # reproduce the released model's forward (DESIGN §4; lai: dead IN buffers)
-    flow_prior: str = "none"  # none (the paper) | dis-medium | dis-fast | dis-ultrafast: pre-align with DIS (model.py)
+    # reproduce the released model's forward: unchained head blocks, never-applied IN (lai: dead IN buffers)
+    original_quirks: bool = False
+    flow_prior: str = "none"  # none (the paper) | dis-medium | dis-fast | dis-ultrafast (nets/tdms_net.py)
 
 
 @dataclass
@@ -58,7 +60,8 @@ class LossConfig:
     perceptual: float = 10.0  # needs VGG16 weights; skipped with a message when absent
     fidelity: float = 1.0
     flow: float = 0.5
-    flow_cycle: float = 0.0  # L1(flow(I_{t-1}->I_t), flow(O_{t-1}->O_t)); needs flownet2/raft; DESIGN's 1 in paper_tdms
+    # L1(flow(I_{t-1}->I_t), flow(O_{t-1}->O_t)); needs flownet2/raft; the original's weight 1 in paper_tdms
+    flow_cycle: float = 0.0
     mask: float = 1.0
     mask_target: str = "flow_star"  # flow_star: V of F* (the paper); own_flow: V of the net's own flow (detached)
     mask_scale: float = 1.0  # κ: the mask target is κ·V (the paper: 1); below 1 it sets how much of O_{t-1} is kept
@@ -201,6 +204,42 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_info() -> dict:
+    """This CPU's model name and the bf16 instructions it has, read from /proc/cpuinfo's flags (Linux; elsewhere
+    from what torch reports): avx512_bf16 (AVX512-BF16 dot products) and amx_bf16 (AMX tiles)."""
+    model, flags = "", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        cpu = getattr(torch, "cpu", None)
+        flags = {name for name, check in (("avx512_bf16", "_is_avx512_bf16_supported"),
+                                          ("amx_bf16", "_is_amx_tile_supported"))
+                 if callable(getattr(cpu, check, None)) and getattr(cpu, check)()}
+    return {"model": model or "unknown CPU", "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags}
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 convolutions natively: a CUDA card that supports bf16, or a CPU with
+    AVX512-BF16 or AMX (on other CPUs oneDNN emulates bf16, slower than fp32)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        info = cpu_info()
+        return info["avx512_bf16"] or info["amx_bf16"]
+    return False
+
+
+def auto_dtype(device: torch.device) -> str:
+    """The precision `--dtype auto` runs the network in on `device`: bf16 where it is native, else fp32."""
+    return "bf16" if native_bf16(device) else "fp32"
+
+
 @dataclass
 class DataSection:
     root: str = "data"  # Lai et al.'s layout: root/<phase>/{input,processed}, root/lists
@@ -257,3 +296,29 @@ def set_threads(threads: int) -> None:
 
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
+
+
+@dataclass
+class InferenceConfig:
+    """tdms-test's settings: one flat YAML (--config), `key=value` overrides; each key is the flag's name with
+    underscores (--batch-videos is batch_videos), and --lambda is `lam`."""
+
+    input: str = ""  # original frames: a frame folder or a video file
+    processed: str = ""  # per-frame processed frames (folder or video)
+    output: str = ""  # output folder or video file (dataset mode: a root folder)
+    data_dir: str = ""  # dataset mode: a root in Lai et al.'s layout
+    phase: str = "test"
+    tasks_list: str = ""  # dataset mode: '<dataset> <task>' lines; default DATA/lists/test_tasks.txt
+    method: str = "tdms"  # tdms | naive | bonneel | identity
+    checkpoint: str = "tdms_offline"  # a name in checkpoints/, a tdms checkpoint file, or the authors' .pth
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "fp32"  # fp32 | bf16 | fp16 (fp16: CUDA only)
+    channels_last: bool = False
+    compile: bool = False
+    cuda_graph: bool = False
+    batch_videos: int = 1  # dataset mode with method tdms: this many videos of one frame size a batch
+    flow: str = "dis"  # flow backend of the naive and bonneel methods
+    lam: float = 1.0  # bonneel: temporal weight λ (0 = P)
+    jpeg_quality: int = 0  # 1-100: JPEG frames at this quality; 0: PNG
+    resize_processed: bool = False  # resize P to I's size instead of failing
+    redo: bool = False  # recompute outputs that are already complete

@@ -53,7 +53,9 @@ def load_problem(e: Exception) -> str:
         reason = next((line.strip() for line in text.split("WeightsUnpickler error:", 1)[1].splitlines()
                        if line.strip()), "")
         return f"not a plain weights file: {reason}" if reason else "not a plain weights file"
-    return f"{type(e).__name__}: {text.splitlines()[0][:200] if text else ''}"
+    first = text.splitlines()[0] if text else ""
+    sentence = first.split(". ", 1)[0].rstrip(".")  # torch appends advice after its first sentence
+    return f"{type(e).__name__}: {sentence}"
 
 
 def read_weights(path, what: str, hint: str = ""):
@@ -63,21 +65,40 @@ def read_weights(path, what: str, hint: str = ""):
         raise UserError(f"{path}: a folder, not a weights file; expected {what}")
     if not path.is_file():
         raise MissingFile(f"{what} not found: {path} does not exist. {hint}".strip())
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # a zip archive (torch >= 1.6) or a pickle (older torch)
+        kind = "an empty file" if not head else (
+            f"text ({head.decode('utf-8').splitlines()[0][:40]!r}...)" if is_text(head) else "another format")
+        raise UserError(f"{path}: not a readable PyTorch weights file: it holds {kind}; expected {what}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "global" not in str(e).lower():  # random bytes fail as bad pickle opcodes: not a torch file at all
-            raise UserError(f"{path}: cannot be read as a PyTorch weights file (truncated or not written by "
-                            f"torch.save?); expected {what}. ({load_problem(e)})") from None
+            raise UserError(f"{path}: not a readable PyTorch weights file (truncated, or not written by "
+                            f"torch.save?): {load_problem(e)}; expected {what}") from None
         raise UserError(
             f"{path}: holds pickled Python objects beyond tensors and plain containers (a whole pickled model, or "
             f"another library's training state?), which tdms does not unpickle; expected {what}. ({load_problem(e)})"
         ) from None
     except Exception as e:  # truncated zip, legacy file cut short, random bytes: torch raises many kinds
-        raise UserError(
-            f"{path}: cannot be read as a PyTorch weights file (truncated or not written by torch.save?); "
-            f"expected {what}. ({load_problem(e)})"
-        ) from None
+        raise UserError(f"{path}: not a readable PyTorch weights file (truncated, or not written by torch.save?): "
+                        f"{load_problem(e)}; expected {what}") from None
+
+
+def is_text(data: bytes) -> bool:
+    try:
+        return data.decode("utf-8").isprintable() or "\n" in data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+
+
+def check_finite(state: dict, source) -> None:
+    """Weights with NaN or inf would give NaN frames: refuse them, naming the file and the first such tensor."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise UserError(f"{source}: {len(bad)} tensor(s) hold NaN or inf values ({', '.join(bad[:3])}); "
+                        f"the weights are broken (a diverged training run?)")
 
 
 def read_checkpoint(path) -> dict:

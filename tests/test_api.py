@@ -8,9 +8,9 @@ import torch
 
 import tdms
 from tdms import api
-from tdms.checkpoint import atomic_save
 from tdms.config import Config, to_dict
 from tdms.evaluation.video import evaluate_video
+from tdms.files import save_atomic
 from tdms.flow import build_flow
 from tdms.flow.cache import FlowCache
 from tdms.frames.io import FrameSource, read_frame
@@ -25,7 +25,7 @@ def save_ckpt(path, seed=0):
     torch.manual_seed(seed)
     cfg = Config()
     cfg.model.nf = 8
-    atomic_save({"format": "tdms", "model": TDMSNet(nf=8).state_dict(), "config": to_dict(cfg)}, path)
+    save_atomic({"format": "tdms", "model": TDMSNet(nf=8).state_dict(), "config": to_dict(cfg)}, path)
     return path
 
 
@@ -114,7 +114,7 @@ def test_a_folder_or_random_bytes_as_checkpoint_say_so(tmp_path):
         tdms.load_model(tmp_path)
     junk = tmp_path / "junk.pth"
     junk.write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
-    with pytest.raises(ValueError, match=f"{junk}: cannot be read as a PyTorch weights file") as err:
+    with pytest.raises(ValueError, match=f"{junk}: not a readable PyTorch weights file") as err:
         tdms.load_model(junk)
     assert "weights_only" not in str(err.value)
 
@@ -218,7 +218,7 @@ def test_iter_with_files_and_a_generator_of_tensors(clip, model, tmp_path):
         (lambda i, p: (list(i[:1]), list(p[:1])), r"original: 1 frame\(s\); temporal consistency needs T >= 2"),
         (lambda i, p: (i[0], p[0]), "one frame"),
         (lambda i, p: (i, p[:3]), "frame counts differ: original 4, processed 3"),
-        (lambda i, p: (i, p[:, :28]), r"sizes differ \(HxW\): original 32x40, processed 28x40"),
+        (lambda i, p: (i, p[:, :28]), r"sizes differ: original 40×32 \(W×H\), processed 40×28 \(W×H\)"),
         (lambda i, p: (i[..., 0], p[..., 0]), r"expected \(T,H,W,3\), got shape \(4, 32, 40\); a grayscale clip"),
         (lambda i, p: (i[..., :1], p[..., :1]), "make grayscale or RGBA frames RGB"),
         (lambda i, p: (i.astype(np.int64), p), "dtype int64 is not taken"),

@@ -1,10 +1,10 @@
 """Measure TDMS-Net's speed on this machine in one run: prints a table, optionally writes JSON and a bar chart
-(tdms/benchmark.py).
+(scripts/bench/measure.py).
 
 Examples:
-    python scripts/benchmark.py --json demo_out/benchmark.json --plot demo_out/benchmark.png   # 854×480, 1280×720
-    python scripts/benchmark.py --sizes 854x480 --frames 2 --train-steps 0   # a quick look
-    python scripts/benchmark.py --device cuda --dtype bf16 --batch-videos 16 --frames 200 --compile
+    python scripts/bench/benchmark.py --json demo_out/benchmark.json --plot demo_out/benchmark.png   # 854×480, 1280×720
+    python scripts/bench/benchmark.py --sizes 854x480 --frames 2 --train-steps 0   # a quick look
+    python scripts/bench/benchmark.py --device cuda --dtype bf16 --batch-videos 16 --frames 200 --compile
 
 The default run times 4 frames per figure on CPU (100 on CUDA) and 2 training steps: about 6 minutes on
 2 CPU cores.

@@ -1,8 +1,8 @@
 """Time the flow backends on one frame pair (default 854×480) on this machine: DIS, FlowNet2 (pure PyTorch) and
 RAFT, each in a fresh process that also reports its peak memory. Network weights are random (same cost).
 
-    python scripts/benchmark_flow.py --json demo_out/benchmark_flow.json
-    python scripts/benchmark_flow.py --threads 1 --pairs 2 --backends dis flownet2 raft-small raft --grad
+    python scripts/bench/benchmark_flow.py --json demo_out/benchmark_flow.json
+    python scripts/bench/benchmark_flow.py --threads 1 --pairs 2 --backends dis flownet2 raft-small raft --grad
 """
 
 import argparse

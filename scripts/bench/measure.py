@@ -1,4 +1,4 @@
-"""Measured speed of TDMS-Net on this machine, all in one run (scripts/benchmark.py prints a table, writes JSON).
+"""Measured speed of TDMS-Net on this machine, all in one run (scripts/bench/benchmark.py prints a table, writes JSON).
 
 Per frame size (default 854×480 and 1280×720), `frames` timed frames each (default 4 on CPU, 100 on CUDA):
   forward_variants      network alone on device tensors, recurrence included: fp32 NCHW, fp32 channels_last,
@@ -43,8 +43,8 @@ from tdms.inference.fast import AMP, make_step
 from tdms.inference.recurrence import pad_to, step_frames
 from tdms.nets.layers import ColumnConvLayer, ConvLayer, UpsampleConvLayer
 from tdms.nets.tdms_net import TDMSNet
+from tdms.training.checks import check_amp
 from tdms.training.dataset import ClipDataset, find_clips
-from tdms.training.loop import check_amp
 from tdms.training.step import Aux, clip_losses, optimizer_step
 
 TARGETS = {  # issue 5: (key, goal, devices it applies to)
@@ -356,7 +356,7 @@ def measure_training(device: torch.device, workdir: Path, crop: int, steps: int,
     fp32, as the trainer runs its flow networks."""
     cfg = Config()
     cfg.data.crop = crop
-    cfg.loss.perceptual = 0.0  # VGG16 weights are not shipped (README "Weights"); the same for both variants
+    cfg.loss.perceptual = 0.0  # VGG16 weights are not shipped (docs/weights.md); the same for both variants
     root = make_lai_set(workdir / "lai", videos=2, frames=cfg.data.sample_frames + 1, h=size[0], w=size[1])
     clips = find_clips(root, "train", root / "lists" / "train_tasks.txt")
     backend = build_flow(flow, device=device, checkpoint=flow_checkpoint)

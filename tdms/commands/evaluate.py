@@ -26,6 +26,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+import yaml
 
 from tdms import distributed
 from tdms.config import EvalConfig, load_config, set_threads
@@ -40,6 +41,7 @@ from tdms.files import write_bytes_atomic
 from tdms.flow import BACKENDS, build_flow
 from tdms.flow.cache import FlowCache
 from tdms.frames.io import FrameSource
+from tdms.frames.outputs import claim_folder, write_record
 
 SINGLE_COLUMNS = ("n_frames", "warping_error_processed", "warping_error", "relative_reduction", "psnr", "ssim",
                   "lpips", "tracking_iou", "composite")
@@ -65,7 +67,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--results", nargs="+",
                    help="one video: result frames O; batch: name=root of <task>/<dataset>/<video> (or a root)")
     p.add_argument("--processed", help="one video: processed frames P (for D_t, PSNR, SSIM, LPIPS, composite)")
-    p.add_argument("--config", help="batch: a YAML config (configs/eval_*.yaml; defaults in tdms/batch.py)")
+    p.add_argument("--config", help="batch: a YAML config (configs/eval_*.yaml; defaults in tdms/config.py)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="batch: config overrides, run.jobs=2")
     p.add_argument("--data-dir", help="batch: a root in Lai et al.'s layout")
     p.add_argument("--phase", help="batch: train or test (default test)")
@@ -125,19 +127,8 @@ def check_out(out: Path, folders) -> None:
 
 def claim_out(out: Path) -> None:
     """Make out ours to write: a new or empty folder, or one with our marker; a folder of other files is refused."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder")
-    marker = out / MARKER
-    if out.is_dir() and not marker.is_file():
-        names = sorted(p.name for p in out.iterdir())
-        if names:
-            more = f" and {len(names) - 5} more" if len(names) > 5 else ""
-            raise UserError(
-                f"--out {out} is not empty and tdms-evaluate did not write it (it holds {', '.join(names[:5])}{more}; "
-                f"no {MARKER}); refusing to overwrite its files: choose a new or empty folder"
-            )
-    out.mkdir(parents=True, exist_ok=True)
-    marker.write_text("tdms-evaluate wrote this folder; it rewrites its reports here on a rerun\n")
+    claim_folder(out, MARKER, "tdms-evaluate")
+    write_record(out / MARKER, {"written_by": "tdms-evaluate", "note": "it rewrites its reports here on a rerun"})
 
 
 def check_device(name: str, option: str) -> None:
@@ -154,31 +145,32 @@ def check_device(name: str, option: str) -> None:
         raise UserError(f"{option} {name}: MPS is not available on this machine")
 
 
-def lpips_option(args) -> tuple[object, str]:
-    if args.no_lpips:
+def lpips_option(cfg: EvalConfig) -> tuple[object, str]:
+    """(model, "") or (None, why not); one video: only a missing backbone file is a note, a bad one an error."""
+    if not cfg.lpips.enabled:
         return None, "skipped (--no-lpips)"
     try:
-        return load_lpips(args.lpips_net or "alex", args.lpips_weights, args.device or "cpu"), ""
+        return load_lpips(cfg.lpips.net, cfg.lpips.weights or None, cfg.flow.device), ""
     except FileNotFoundError as err:
         return None, str(err)
 
 
-def run_single(args, out: Path) -> None:
+def run_single(args, cfg: EvalConfig, out: Path) -> None:
     (results,) = args.results
     sources = [args.input, results] + ([args.processed] if args.processed else [])
     check_out(out, sources)
     claim_out(out)
-    cache = FlowCache(args.cache or out / "flow_cache", build_flow(args.flow or "dis", args.flow_preset or "medium",
-                                                                    args.device or "cpu", args.flow_checkpoint or ""))
+    backend = build_flow(cfg.flow.backend, cfg.flow.preset, cfg.flow.device, cfg.flow.checkpoint)
+    cache = FlowCache(cfg.flow.cache or out / "flow_cache", backend)
     box = parse_box(args.box) if args.box else None
     if box:
         check_box(box, FrameSource(args.input).size, args.input)
     if args.annotations and not Path(args.annotations).is_dir():
         raise MissingFile(f"--annotations {args.annotations}: no such folder")
-    model, note = lpips_option(args)
-    tracking = None if args.no_tracking else Tracking(
-        args.tracker or "csrt", box, Path(args.annotations) if args.annotations else None, args.object_id)
-    metrics = evaluate_video(cache, args.input, results, args.processed, Options(model, note, tracking, args.resize))
+    model, note = lpips_option(cfg)
+    tracking = None if not cfg.tracking.enabled else Tracking(
+        cfg.tracking.tracker, box, Path(args.annotations) if args.annotations else None, args.object_id)
+    metrics = evaluate_video(cache, args.input, results, args.processed, Options(model, note, tracking, cfg.run.resize))
     metrics.update(input=args.input, results=results, processed=args.processed)
     if not args.processed:
         metrics.update(composite=None, composite_note="needs --processed (D_t and LPIPS are measured against P)")
@@ -195,24 +187,48 @@ def run_single(args, out: Path) -> None:
             print(f"note: {key[:-5]}: {metrics[key]}")
 
 
-def batch_config(args) -> EvalConfig:
-    """The config file (if any), its --set overrides, then the command-line flags (they win)."""
-    cfg = load_config(args.config, args.set, cls=EvalConfig)
-    if args.results:
-        cfg.methods = dict(r.split("=", 1) if "=" in r else (Path(r).name, r) for r in args.results)
-    flags = {
-        ("data", "root"): args.data_dir, ("data", "phase"): args.phase, ("data", "tasks_list"): args.tasks_list,
-        ("flow", "backend"): args.flow, ("flow", "preset"): args.flow_preset, ("flow", "device"): args.device,
-        ("flow", "checkpoint"): args.flow_checkpoint, ("flow", "cache"): args.cache,
-        ("lpips", "net"): args.lpips_net, ("lpips", "weights"): args.lpips_weights,
-        ("lpips", "enabled"): False if args.no_lpips else None, ("tracking", "tracker"): args.tracker,
-        ("tracking", "enabled"): False if args.no_tracking else None, ("run", "out"): args.out,
-        ("run", "jobs"): args.jobs, ("run", "videos"): args.videos, ("run", "threads"): args.threads,
-        ("run", "resize"): args.resize or None,
-    }
-    for (section, key), value in flags.items():
-        if value is not None:
-            setattr(getattr(cfg, section), key, value)
+# The flags that set a config key, by argparse name; each becomes an override `key=value`, as --set takes them.
+FLAG_KEYS = {
+    "data_dir": "data.root", "phase": "data.phase", "tasks_list": "data.tasks_list", "flow": "flow.backend",
+    "flow_preset": "flow.preset", "device": "flow.device", "flow_checkpoint": "flow.checkpoint", "cache": "flow.cache",
+    "lpips_net": "lpips.net", "lpips_weights": "lpips.weights", "tracker": "tracking.tracker", "out": "run.out",
+    "jobs": "run.jobs", "videos": "run.videos", "threads": "run.threads",
+}
+SWITCHES = {"no_lpips": ("lpips.enabled", False), "no_tracking": ("tracking.enabled", False),
+            "resize": ("run.resize", True)}  # store_true flags: (key, the value they set when given)
+
+
+def override(key: str, value) -> str:
+    """`key=value` as --set takes it, the value in YAML that reads back as exactly it: strings (and the mapping
+    of --results) double-quoted, so a path such as "2024" or "yes" stays a string."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, int):
+        text = str(value)
+    else:
+        text = yaml.safe_dump(value, default_flow_style=True, default_style='"', sort_keys=False, width=math.inf)
+        text = text.rstrip("\n")
+    return f"{key}={text}"
+
+
+def flag_overrides(args, batch: bool) -> list[str]:
+    """The command-line flags as config overrides; batch mode's --results name=root (or a root) are `methods`."""
+    out = [override(key, getattr(args, name)) for name, key in FLAG_KEYS.items() if getattr(args, name) is not None]
+    out += [override(key, value) for name, (key, value) in SWITCHES.items() if getattr(args, name)]
+    if batch and args.results:
+        methods = dict(r.split("=", 1) if "=" in r else (Path(r).name, r) for r in args.results)
+        out.append(override("methods", methods))
+    return out
+
+
+def settings(args, batch: bool) -> EvalConfig:
+    """The settings, all through the config loader (tdms.config.load_config), which checks keys and types.
+
+    Batch: the config file (if any), its --set overrides, then the flags (they win); run.* minimums and the
+    device are checked here. One video: the defaults and the flags."""
+    if not batch:
+        return load_config(None, flag_overrides(args, batch), cls=EvalConfig)
+    cfg = load_config(args.config, args.set + flag_overrides(args, batch), cls=EvalConfig)
     for key, minimum in RUN_MINIMUMS.items():
         if getattr(cfg.run, key) < minimum:
             raise UserError(f"run.{key} must be >= {minimum}, got {getattr(cfg.run, key)}")
@@ -283,20 +299,18 @@ def main(argv=None) -> int:
         except UserError as err:
             p.error(str(err))
     try:
+        cfg = settings(args, batch)
+    except UserError as err:
+        p.error(str(err))
+    try:
         if batch:
-            try:
-                cfg = batch_config(args)
-            except UserError as err:
-                p.error(str(err))
             run_batch(cfg)
-            out = cfg.run.out
         else:
-            if args.threads:
-                set_threads(args.threads)
-            run_single(args, Path(args.out))
-            out = args.out
+            if cfg.run.threads:
+                set_threads(cfg.run.threads)
+            run_single(args, cfg, Path(args.out))
         if world.main:
-            print(f"tdms-evaluate: reports in {out}")
+            print(f"tdms-evaluate: reports in {cfg.run.out}")
         return 0
     except UserError as err:
         print(f"tdms-evaluate: error: {err}", file=sys.stderr)

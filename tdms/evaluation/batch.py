@@ -22,25 +22,13 @@ from tdms import distributed
 from tdms.config import EvalConfig, set_threads
 from tdms.errors import UserError
 from tdms.evaluation.lpips import load_lpips
-from tdms.evaluation.video import Options, Tracking, evaluate_video, reference
+from tdms.evaluation.video import Options, Tracking, evaluate_video, prepare_input
 from tdms.files import stamp_files, write_bytes_atomic
 from tdms.flow import build_flow
 from tdms.flow.cache import FlowCache
 from tdms.frames.layout import entries, tasks_file
 
 PROCESSED = "processed"  # the method name of the processed videos themselves
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 @dataclass
@@ -129,20 +117,16 @@ def tracking_spec(cfg: EvalConfig, job: Job) -> Tracking | None:
 
 
 def prepare(jobs: list[Job], cfg: EvalConfig, cache: FlowCache, progress: bool = True) -> None:
-    """Flows, then the tracking reference, of each input video (once); reference errors are left to the jobs."""
+    """Flows, then the tracking reference, of each input video (once); errors are left to the jobs."""
     videos = {job.input: job for job in jobs if job.input.exists()}
     for video, job in tqdm(videos.items(), desc="flows", disable=not progress):
         try:
-            cache.prepare(video, progress=False)
-            if cfg.tracking.enabled:
-                reference(cache, video, tracking_spec(cfg, job))
+            prepare_input(cache, video, tracking_spec(cfg, job))
         except UserError:
             pass  # the video's jobs hit the same error and record it
 
 
 _STATE: dict = {}  # per process: cfg, cache, lpips model and note
-
-
 
 
 def init_worker(cfg: EvalConfig, threads: int = 0) -> None:

@@ -1,4 +1,4 @@
-"""Evaluation metrics (DESIGN §8): small pure functions on numpy frames (H,W,3) float RGB in [0,1]."""
+"""Evaluation metrics: small pure functions on numpy frames (H,W,3) float RGB in [0,1]."""
 
 import math
 import warnings

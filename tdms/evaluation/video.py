@@ -1,15 +1,18 @@
-"""Evaluation of one result video (DESIGN §8): warping error, relative reduction, PSNR/SSIM, LPIPS,
-tracking IoU and the composite score, in one pass over the frames.
+"""Evaluation of one result video: warping error (Lai et al. 2018), relative reduction D_t, PSNR/SSIM, LPIPS,
+tracking IoU and the composite score (TDMS), in one pass over the frames (`score_frames`).
 
-Flows and the tracking reference come from the original frames only, through a FlowCache, so each input
-video's flow and reference boxes are computed once however many tasks and methods are evaluated on it.
+tdms-evaluate reads the frames from files and the flows through a FlowCache (`evaluate_video`), so each input
+video's flows and tracking reference are computed once however many tasks and methods are evaluated on it;
+the Python API passes frames held in memory and computes each flow as it goes (`evaluate_clips`). Flows come
+from the original frames only.
 """
 
 import hashlib
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import chain, repeat
 from pathlib import Path
 from statistics import fmean
 
@@ -29,7 +32,7 @@ from tdms.evaluation.tracking import (
     track,
 )
 from tdms.files import write_bytes_atomic
-from tdms.flow.cache import FlowCache
+from tdms.flow.cache import FlowCache, pair_flows
 from tdms.frames.io import FrameSource, open_clips, resized
 
 
@@ -54,6 +57,101 @@ class Options:
     processed_error: bool = True  # also compute E(processed) (batch mode computes it once per video)
 
 
+# --- the one pass over the frames ------------------------------------------------------------------------
+
+
+def metric_names(processed: bool, processed_error: bool, lpips) -> list[str]:
+    """The per-frame metrics of a pass: the warping error; with P also PSNR and SSIM of O vs P, E(P) (unless
+    processed_error is off) and LPIPS (with a model)."""
+    names = ["warping_error"] + (["psnr", "ssim"] if processed else [])
+    names += ["warping_error_processed"] if processed and processed_error else []
+    return names + (["lpips"] if processed and lpips is not None else [])
+
+
+def score_frames(steps: Iterable, names: list[str], lpips=None, tracker: Track | None = None, n: int | None = None,
+                 desc: str = "evaluate", progress: bool = True) -> tuple[dict, list | None, str | None]:
+    """One pass over a video: (per_frame, boxes, tracking note).
+
+    steps: (O_t, P_t or None, (fw, occ) of the input pair (t-1, t) or None at t = 0) for t = 0..N-1, frames
+    float (H,W,3) in [0,1], fw = flow(I_{t-1} -> I_t) (2,H,W), occ (1,H,W) 1 = occluded. per_frame[name] holds
+    entry k for the pair (k, k+1). boxes: the tracker's box per frame, or None without a tracker or when it
+    cannot start (the note says why).
+    """
+    per_frame = {k: [] for k in names}
+    boxes, note, prev = ([] if tracker is not None else None), None, None
+    for o, p, flow in tqdm(steps, total=n, desc=desc, unit="frame", disable=not progress, leave=False):
+        if flow is not None:
+            score_pair(per_frame, lpips, (o, p), prev, flow)
+        if tracker is not None:
+            try:
+                boxes.append(tracker.step(o))
+            except ValueError as err:  # cannot start on this box
+                tracker, boxes, note = None, None, str(err)
+        prev = o, p
+    return per_frame, boxes, note
+
+
+def score_pair(per_frame: dict, lpips, now: tuple, prev: tuple, flow: tuple) -> None:
+    """Append the metrics in per_frame of the frames now = (O_t, P_t) after prev = (O_{t-1}, P_{t-1})."""
+    (o, p), (o_prev, p_prev), (fw, occ) = now, prev, flow
+    per_frame["warping_error"].append(warping_error_pair(o, o_prev, fw, occ))
+    if "warping_error_processed" in per_frame:
+        per_frame["warping_error_processed"].append(warping_error_pair(p, p_prev, fw, occ))
+    if "psnr" in per_frame:
+        per_frame["psnr"].append(psnr(o, p))
+        per_frame["ssim"].append(ssim(o, p))
+    if "lpips" in per_frame:
+        per_frame["lpips"].append(lpips_distance(lpips, o, p))
+
+
+def means(per_frame: dict) -> dict:
+    """The mean of every per-frame list (psnr is inf when a frame of O equals P's)."""
+    return {k: fmean(v) for k, v in per_frame.items()}
+
+
+def add_derived(row: dict, e_processed: float, use_iou: bool) -> dict:
+    """Set warping_error_processed, relative_reduction (D_t) and composite of a row, with notes for gaps.
+
+    The one place D_t and the composite are computed: for one video here, for batch rows (whose E(processed)
+    is its own job's) in report.add_relative."""
+    row["warping_error_processed"] = e_processed
+    row["relative_reduction"] = relative_reduction(row["warping_error"], e_processed)
+    if math.isnan(row["relative_reduction"]):
+        row["relative_reduction_note"] = "undefined: the processed video has zero warping error"
+    row["composite"] = composite(row.get("lpips"), row["relative_reduction"], row.get("tracking_iou"), use_iou)
+    if row["composite"] is None:
+        parts = ["lpips", "relative_reduction"] + (["tracking_iou"] if use_iou else [])
+        missing = [k for k in parts if row.get(k) is None or not math.isfinite(row[k])]
+        row["composite_note"] = f"needs {', '.join(missing)}"
+    return row
+
+
+def evaluate_clips(tuples: Iterable, backend, processed: bool, lpips=None, n: int | None = None) -> dict:
+    """Metrics of frames held in memory: tuples (I_t, O_t[, P_t]) of float frames (tdms.frames.arrays.start).
+
+    The flow of each input pair is computed as the pass reaches it (pair_flows, as the flow cache computes
+    it). Returns the means of metric_names(processed, True, lpips) and, with P, D_t and the composite
+    without tracking."""
+
+    def steps():
+        flow, i_prev = None, None
+        for frames in tuples:
+            if i_prev is not None:
+                fw, _, occ = pair_flows(backend, i_prev, frames[0])
+                flow = fw, occ
+            yield frames[1], frames[2] if processed else None, flow
+            i_prev = frames[0]
+
+    per_frame, _, _ = score_frames(steps(), metric_names(processed, True, lpips), lpips, n=n, desc="scores")
+    row = means(per_frame)
+    if processed:
+        add_derived(row, row["warping_error_processed"], use_iou=False)
+    return row
+
+
+# --- one video of files, through the flow cache ---------------------------------------------------------
+
+
 def open_videos(videos: dict[str, Path], resize: bool = False) -> dict[str, FrameSource]:
     """Open {role: path} (frames.io.open_clips: counts, numbers and sizes checked) with >= 2 frames."""
     sources = open_clips(videos, resize, "--resize")
@@ -61,6 +159,19 @@ def open_videos(videos: dict[str, Path], resize: bool = False) -> dict[str, Fram
     if len(ref) < 2:
         raise UserError(f"{ref.path}: the warping error needs at least 2 frames, found {len(ref)}")
     return sources
+
+
+def prepare_input(cache: FlowCache, video, tracking: Tracking | None, progress: bool = False
+                  ) -> tuple[dict | None, str]:
+    """Flows of every pair of an input video, then its tracking reference: (reference, "") or, when there is
+    no tracking or it cannot start, (None, why not: "" without tracking). Both are stored in the cache."""
+    cache.prepare(video, progress=progress)
+    if tracking is None:
+        return None, ""
+    try:
+        return reference(cache, Path(video), tracking, progress), ""
+    except ValueError as err:
+        return None, str(err)
 
 
 def first_box(cache: FlowCache, video: Path, spec: Tracking) -> tuple[tuple, str]:
@@ -80,7 +191,6 @@ def reference(cache: FlowCache, video: Path, spec: Tracking, progress: bool = Fa
     From the annotations when spec.annotations exists, else the tracker on the original frames from
     `first_box`. Returns {"first_box", "box_source", "reference", "object_id", "boxes"}.
     """
-    video = Path(video)
     annotated = spec.annotations is not None and Path(spec.annotations).is_dir()
     key = json.dumps([spec.tracker, spec.box, str(spec.annotations) if annotated else None, spec.object_id])
     path = cache.folder(video) / f"track_{hashlib.sha1(key.encode()).hexdigest()[:10]}.json"
@@ -114,52 +224,22 @@ def evaluate_video(cache: FlowCache, input_path, result_path, processed_path=Non
     if processed_path is not None:
         roles["processed"] = Path(processed_path)
     src = open_videos(roles, opt.resize)
-    n, size = len(src["input"]), src["input"].size
-    cache.prepare(roles["input"], progress=progress)
-    out = {"flow": cache.backend.name, "n_frames": n}
-    tracker = None
-    if opt.tracking is not None:
-        try:
-            ref = reference(cache, roles["input"], opt.tracking, progress)
-            tracker, boxes = Track(ref["first_box"], opt.tracking.tracker), []
-        except ValueError as err:
-            out.update(tracking_iou=None, tracking_note=str(err))
-    with_p = processed_path is not None
-    names = ["warping_error"] + (["psnr", "ssim"] if with_p else [])
-    names += ["warping_error_processed"] if with_p and opt.processed_error else []
-    names += ["lpips"] if with_p and opt.lpips is not None else []
-    per_frame = {k: [] for k in names}
+    n, size, with_p = len(src["input"]), src["input"].size, processed_path is not None
+    ref, note = prepare_input(cache, roles["input"], opt.tracking, progress)
+    tracker = Track(ref["first_box"], opt.tracking.tracker) if ref is not None else None
     processed = resized(src["processed"], size) if with_p else repeat(None, n)
-    frames = zip(resized(src["results"], size), processed, strict=True)
-    o_prev = p_prev = None
-    for t, (o, p) in enumerate(tqdm(frames, total=n, desc="evaluate", disable=not progress, leave=False)):
-        if t > 0:
-            fw, occ = cache.forward(roles["input"], t - 1)
-            per_frame["warping_error"].append(warping_error_pair(o, o_prev, fw, occ))
-            if "warping_error_processed" in per_frame:
-                per_frame["warping_error_processed"].append(warping_error_pair(p, p_prev, fw, occ))
-            if with_p:
-                per_frame["psnr"].append(psnr(o, p))
-                per_frame["ssim"].append(ssim(o, p))
-            if "lpips" in per_frame:
-                per_frame["lpips"].append(lpips_distance(opt.lpips, o, p))
-        if tracker is not None:
-            try:
-                boxes.append(tracker.step(o))
-            except ValueError as err:  # cannot start on this box
-                tracker = None
-                out.update(tracking_iou=None, tracking_note=str(err))
-        o_prev, p_prev = o, p
-    out.update({k: fmean(v) for k, v in per_frame.items()})  # psnr is inf when a frame of O equals P's
+    flows = chain([None], (cache.forward(roles["input"], t) for t in range(n - 1)))
+    steps = zip(resized(src["results"], size), processed, flows, strict=True)
+    names = metric_names(with_p, opt.processed_error, opt.lpips)
+    per_frame, boxes, track_note = score_frames(steps, names, opt.lpips, tracker, n, progress=progress)
+    out = {"flow": cache.backend.name, "n_frames": n}
+    if note or track_note:
+        out.update(tracking_iou=None, tracking_note=note or track_note)
+    out.update(means(per_frame))
     if with_p and opt.lpips is None:
         out.update(lpips=None, lpips_note=opt.lpips_note or "LPIPS not computed")
-    if tracker is not None:
-        scored = score_boxes(boxes, ref["boxes"])
-        out["tracking_iou"] = scored.pop("iou")
-        if out["tracking_iou"] is None:
-            out["tracking_note"] = "no frame after the first has a reference box"
-        out["tracking"] = {**scored, **{k: ref[k] for k in ("first_box", "box_source", "reference", "object_id")},
-                           "tracker": opt.tracking.tracker}
+    if boxes is not None:
+        add_tracking(out, boxes, ref, opt.tracking.tracker)
         per_frame["boxes"] = boxes
     if with_p and opt.processed_error:
         add_derived(out, out["warping_error_processed"], opt.tracking is not None)
@@ -167,15 +247,11 @@ def evaluate_video(cache: FlowCache, input_path, result_path, processed_path=Non
     return out
 
 
-def add_derived(row: dict, e_processed: float, use_iou: bool) -> dict:
-    """Set warping_error_processed, relative_reduction (D_t) and composite of a row, with notes for gaps."""
-    row["warping_error_processed"] = e_processed
-    row["relative_reduction"] = relative_reduction(row["warping_error"], e_processed)
-    if math.isnan(row["relative_reduction"]):
-        row["relative_reduction_note"] = "undefined: the processed video has zero warping error"
-    row["composite"] = composite(row.get("lpips"), row["relative_reduction"], row.get("tracking_iou"), use_iou)
-    if row["composite"] is None:
-        parts = ["lpips", "relative_reduction"] + (["tracking_iou"] if use_iou else [])
-        missing = [k for k in parts if row.get(k) is None or not math.isfinite(row[k])]
-        row["composite_note"] = f"needs {', '.join(missing)}"
-    return row
+def add_tracking(out: dict, boxes: list, ref: dict, tracker: str) -> None:
+    """Set tracking_iou (with a note when no frame has a reference box) and the tracking details of a row."""
+    scored = score_boxes(boxes, ref["boxes"])
+    out["tracking_iou"] = scored.pop("iou")
+    if out["tracking_iou"] is None:
+        out["tracking_note"] = "no frame after the first has a reference box"
+    out["tracking"] = {**scored, **{k: ref[k] for k in ("first_box", "box_source", "reference", "object_id")},
+                       "tracker": tracker}

@@ -1,4 +1,4 @@
-"""Optical flow backends behind one contract (STYLE §6).
+"""Optical flow backends behind one contract.
 
 A backend is a callable `flow(img_a, img_b) -> (B,2,H,W)` float32 pixels from a to b, with inputs
 (B,3,H,W) RGB in [0,1], returned on the inputs' device; its `.name` keys the flow cache.

@@ -1,4 +1,4 @@
-"""On-disk cache of forward/backward flow and occlusion for frame pairs of a video.
+"""Flow and occlusion of frame pairs: computed (pair_flows) and kept on disk per video (FlowCache).
 
 Layout: <root>/<backend.name>/<video key>/{fw,bw}_%05d.flo and occ_%05d.png (0/255, 255 = occluded),
 for the pair (t, t+1): fw = flow(I_t -> I_{t+1}), bw = flow(I_{t+1} -> I_t), occ_t = occlusion_mask(fw, bw).
@@ -104,15 +104,21 @@ class FlowCache:
                 recent.pop(t - max(gaps), None)
 
     def _compute(self, video, t: int, gap: int, frame_a: np.ndarray, frame_b: np.ndarray):
-        """Run the backend on (t, t+gap) both ways in one batch, write and return (fw, bw, occ)."""
-        a, b = frames_to_tensor(frame_a), frames_to_tensor(frame_b)
-        flows = self.backend(torch.cat([a, b]), torch.cat([b, a])).float().cpu()  # (2,2,H,W): fw, bw
-        occ = occlusion_mask(flows[:1], flows[1:])[0]
+        """pair_flows of (t, t+gap), written to the cache and returned."""
+        fw, bw, occ = pair_flows(self.backend, frame_a, frame_b)
         fw_path, bw_path, occ_path = self.paths(video, t, gap)
-        write_flo(fw_path, flows[0].numpy())
-        write_flo(bw_path, flows[1].numpy())
+        write_flo(fw_path, fw.numpy())
+        write_flo(bw_path, bw.numpy())
         write_occlusion(occ_path, occ)
-        return flows[0], flows[1], occ
+        return fw, bw, occ
+
+
+def pair_flows(backend, frame_a: np.ndarray, frame_b: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(fw, bw, occ) of two (H,W,3) frames, float32 CPU: fw = flow(a -> b) (2,H,W), bw = flow(b -> a), and
+    occ = occlusion_mask(fw, bw) (1,H,W), 1 = occluded in a. The backend runs both ways in one batch of 2."""
+    a, b = frames_to_tensor(frame_a), frames_to_tensor(frame_b)
+    flows = backend(torch.cat([a, b]), torch.cat([b, a])).float().cpu()  # (2,2,H,W): fw, bw
+    return flows[0], flows[1], occlusion_mask(flows[:1], flows[1:])[0]
 
 
 def load_flow(path: Path, size: tuple[int, int]) -> torch.Tensor | None:

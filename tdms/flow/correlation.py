@@ -1,4 +1,4 @@
-"""FlowNet2's two custom CUDA ops in plain PyTorch: the correlation layer and the channel norm (DESIGN §7)."""
+"""FlowNet2's two custom CUDA ops in plain PyTorch: the correlation layer and the channel norm."""
 
 import torch
 import torch.nn.functional as F

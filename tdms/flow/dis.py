@@ -1,4 +1,4 @@
-"""OpenCV DIS optical flow (DESIGN §7): CPU only, no weights, the offline default backend."""
+"""OpenCV DIS optical flow (Kroeger et al. 2016): CPU only, no weights, the offline default backend."""
 
 import cv2
 import numpy as np
@@ -33,14 +33,6 @@ class DISFlow:
             raise UserError(f"unknown DIS preset {preset!r}; choose from {sorted(PRESETS)}")
         self.preset = preset
         self.name = f"dis-{preset}"
-        self._dis = cv2.DISOpticalFlow_create(PRESETS[preset])
-
-    # The OpenCV object does not pickle; DataLoader workers started by spawn need the backend pickled.
-    def __getstate__(self) -> dict:
-        return {"preset": self.preset}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(state["preset"])
 
     @torch.no_grad()
     def __call__(self, img_a: torch.Tensor, img_b: torch.Tensor) -> torch.Tensor:
@@ -54,6 +46,8 @@ class DISFlow:
         flows = []
         for a, b in zip(img_a, img_b, strict=True):
             # calc returns (H,W,2) float32 with a(p) ~ b(p + flow(p)), x first: our convention already.
-            f = self._dis.calc(to_gray_u8(a), to_gray_u8(b), None)
+            # a fresh solver per pair (0.02 ms): one reused across calls keeps state, and on small frames gives
+            # another flow for the same pair the second time, so the flows would depend on the order of the calls
+            f = cv2.DISOpticalFlow_create(PRESETS[self.preset]).calc(to_gray_u8(a), to_gray_u8(b), None)
             flows.append(torch.from_numpy(f).permute(2, 0, 1))
         return torch.stack(flows).to(img_a.device)

@@ -32,9 +32,9 @@ def read_flo(path) -> np.ndarray:
         raise UserError(f"{path}: not a .flo file (magic {magic!r}, expected {MAGIC})")
     w, h = (int(v) for v in np.frombuffer(data, "<i4", count=2, offset=4))
     if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
-        raise UserError(f"{path}: absurd .flo size {w}x{h}")
+        raise UserError(f"{path}: absurd .flo size {w}×{h} (W×H)")
     expected = 12 + 8 * w * h
     if len(data) != expected:
-        raise UserError(f"{path}: .flo of {w}x{h} needs {expected} bytes, file has {len(data)} (truncated?)")
+        raise UserError(f"{path}: .flo of {w}×{h} (W×H) needs {expected} bytes, file has {len(data)} (truncated?)")
     flow = np.frombuffer(data, "<f4", offset=12).reshape(h, w, 2)
     return flow.transpose(2, 0, 1).astype(np.float32, order="C")  # a writable native copy

@@ -1,15 +1,16 @@
-"""FlowNet2 flow backend: NVIDIA's `FlowNet2_checkpoint.pth.tar` run by the pure-PyTorch port (DESIGN §7).
+"""FlowNet2 flow backend: NVIDIA's `FlowNet2_checkpoint.pth.tar` run by the pure-PyTorch port.
 
     flow = FlowNet2Flow("FlowNet2_checkpoint.pth.tar", device="cuda")
     f = flow(img_a, img_b)                 # (B,2,H,W) pixels a -> b, no autograd
     flow.differentiable = True             # gradients flow to img_a/img_b (weights stay frozen)
 
 fp16/bf16 on CUDA: call it under torch.autocast; correlation, resampling and norms run in float32 as in the
-original. One 854×480 pair on CPU (run at 832×448) peaks at ~2.2 GB for the whole process: ~0.8 GB of Python,
-torch and OpenCV, 0.65 GB of weights, ~0.8 GB of activations; with autograd on, ~4.5 GB
-(scripts/benchmark_flow.py measures it).
+original. One 854×480 pair on CPU (run at 896×512) peaks at ~2.3 GB for the whole process: 1.44 GB once built
+(Python, torch, OpenCV and 0.65 GB of weights), ~0.8 GB of activations; with autograd on, ~4.7 GB (measured with
+`python scripts/bench/benchmark_flow.py --backends flownet2 --pairs 1 --grad`).
 """
 
+import math
 from pathlib import Path
 
 import torch
@@ -42,8 +43,9 @@ def load_flownet2(path: Path) -> FlowNet2:
 
 
 def size64(n: int) -> int:
-    """The multiple of 64 nearest to n (at least 64): the network's input side."""
-    return max(MIN_SIDE, int(n / 64 + 0.5) * 64)
+    """The network's input side for a frame side n: n rounded UP to a multiple of 64, as Lai et al.'s
+    compute_flow_occlusion.py does (math.ceil; DAVIS's 854×480 runs at 896×512)."""
+    return max(MIN_SIDE, math.ceil(n / 64) * 64)
 
 
 def normalise_pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,11 +68,12 @@ def resize_flow(flow: torch.Tensor, height: int, width: int) -> torch.Tensor:
 class FlowNet2Flow:
     """flow(img_a, img_b) -> (B,2,H,W) float32 pixels a -> b; inputs (B,3,H,W) RGB [0,1], H and W >= 64.
 
-    Frames are resized to the nearest multiples of 64, the flow resized back and rescaled per axis.
+    Frames are resized up to multiples of 64 (size64), the flow resized back and rescaled per axis.
     `differentiable=True` keeps autograd on (for a loss through the flow); otherwise it runs under no_grad.
     """
 
-    name = "flownet2"
+    # keys the flow cache: flows of the earlier rounding to the nearest multiple of 64 were cached as "flownet2"
+    name = "flownet2-up64"
 
     def __init__(self, checkpoint="", device="cpu", differentiable: bool = False, net: torch.nn.Module | None = None):
         """`net`: a ready network to use instead of loading `checkpoint` (benchmarks with random weights, tests)."""

@@ -1,4 +1,5 @@
-"""Occlusion and visibility masks: the one place for this logic (DESIGN §5, §7)."""
+"""Occlusion (Ruder et al. 2016, as Lai et al. 2018 compute it) and visibility masks (TDMS-Net's training losses):
+the one place for this logic."""
 
 import torch
 

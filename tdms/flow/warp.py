@@ -1,4 +1,8 @@
-"""Backward warping with a pixel flow field (DESIGN §3)."""
+"""Backward warping with a pixel flow field: warp(x, f) samples x at p + f(p), bilinear, border clamp.
+
+This is the `Resample2d` op of the original FlowNet2/TDMS-Net code, which equals
+`grid_sample(mode="bilinear", padding_mode="border", align_corners=True)` with the grid normalised by W-1 and H-1.
+"""
 
 import torch
 import torch.nn.functional as F

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from tdms.errors import UserError
-from tdms.frames.io import FrameSource, check_paired
+from tdms.frames.io import FrameSource, check_paired, size_text
 
 NEED_TWO = "temporal consistency needs T >= 2 frames (frame 0 comes back as it is: O_0 = P_0)"
 
@@ -151,8 +151,8 @@ def frame_tuples(clips: list[Clip]) -> Iterator[tuple]:
                              f"{', '.join(going)} did not")
         frames = tuple(as_float(r, c, t) for r, c in zip(raw, clips, strict=True))
         if len({f.shape for f in frames}) > 1:
-            sizes = ", ".join(f"{c.name} {f.shape[0]}x{f.shape[1]}" for c, f in zip(clips, frames, strict=True))
-            raise UserError(f"frame {t}: sizes differ (HxW): {sizes}")
+            sizes = ", ".join(f"{c.name} {size_text(f.shape[:2])}" for c, f in zip(clips, frames, strict=True))
+            raise UserError(f"frame {t}: sizes differ: {sizes}")
         yield frames
 
 

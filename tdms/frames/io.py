@@ -1,4 +1,4 @@
-"""Frame I/O: frame folders and video files in, frame folders and videos out (DESIGN §3).
+"""Frame I/O: frame folders and video files in, frame folders and videos out.
 
 Every frame handed to or returned by this module is float32 RGB (H, W, 3) in [0, 1].
 """
@@ -230,7 +230,8 @@ class FrameSource:
         else:
             frame, where = read_frame(self.paths[i]), self.paths[i]
         if self.size is not None and frame.shape[:2] != self.size:
-            raise UserError(f"{where}: frame size {frame.shape[:2]} differs from frame 0 {self.size}")
+            raise UserError(f"{where}: frame size {size_text(frame.shape[:2])} differs from frame 0's "
+                            f"{size_text(self.size)}")
         return frame
 
     def __iter__(self):
@@ -282,7 +283,7 @@ class FrameWriter:
         if self._video is None:
             if h % 2 or w % 2:
                 raise UserError(
-                    f"{self.out}: video frames need an even width and height, got {h}x{w} "
+                    f"{self.out}: video frames need an even width and height, got {size_text((h, w))} "
                     "(write a frame folder instead)"
                 )
             self.out.parent.mkdir(parents=True, exist_ok=True)
@@ -292,7 +293,7 @@ class FrameWriter:
                 raise UserError(f"{self.out}: cannot open a video encoder")
         if (h, w) != self._size:
             raise UserError(
-                f"{self.out}: frame {self.count} is {h}x{w}, earlier frames {self._size[0]}x{self._size[1]}"
+                f"{self.out}: frame {self.count} is {size_text((h, w))}, earlier frames {size_text(self._size)}"
             )
         self._video.write(bgr)
         self.count += 1

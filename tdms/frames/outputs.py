@@ -3,6 +3,10 @@ complete, with a record (the marker) of who made them from what; files tdms did 
 
 A frame folder holds its record as `.tdms-output.json`; a video has it hidden beside it (`.o.mp4.tdms-output.json`),
 with the video's size and mtime so that a video copied over it later counts as foreign.
+
+The marker protocol every tool shares (tdms-test's outputs, tdms-evaluate's report folders, the dataset builder's
+roots): read_record / write_record read and atomically write a marker's JSON object, and claim_folder makes a
+folder the tool's to write (new, empty, or holding its marker), refusing a folder of other files with one message.
 """
 
 import glob
@@ -26,22 +30,44 @@ from tdms.frames.io import FrameSource, FrameWriter, is_video
 MARKER = ".tdms-output.json"  # marks a folder tdms wrote, the only kind --redo may replace
 
 
+def read_record(path: Path) -> dict | None:
+    """The JSON object a marker file holds; None when there is no such file. Anything else there is an error."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: not a tdms marker ({err}); remove it or choose another folder") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{path}: not a tdms marker (not a JSON object); remove it or choose another folder")
+    return record
 
 
+def write_record(path: Path, record: dict) -> None:
+    """Write a marker through a temp file renamed over it: a kill leaves the old record or the new one."""
+    write_bytes_atomic(path, (json.dumps(record, indent=1) + "\n").encode())
 
 
+def refuse_foreign(out: Path, names: list[str], who: str, marker: str) -> None:
+    """The one refusal of a folder that holds files `who` did not write (names: those files, sorted)."""
+    if names:
+        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+        raise UserError(f"{out}: not empty and not written by {who} (it holds {', '.join(names[:5])}{more}; no "
+                         f"{marker}); refusing to write into it: choose a new or empty folder")
 
 
-
-
-
-
-
-
-
-
-
-
+def claim_folder(out: Path, marker: str, who: str, foreign=None) -> bool:
+    """Make `out` a folder `who` may write into: create it, or accept it empty or holding `marker`; returns whether
+    it holds the marker (the caller then checks what the record says). An unmarked folder holding anything that
+    `foreign(out)` names (default: everything in it) is refused. The caller writes its marker (write_record)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file, not a folder")
+    if (out / marker).is_file():
+        return True
+    if out.is_dir():
+        refuse_foreign(out, sorted(foreign(out) if foreign else (p.name for p in out.iterdir())), who, marker)
+    out.mkdir(parents=True, exist_ok=True)
+    return False
 
 
 def marker_path(out: Path) -> Path:
@@ -58,11 +84,11 @@ def read_marker(out: Path) -> dict:
     """What a finished output records (method, checkpoint, inputs, frames, ...); {} when there is none, or when a
     video was replaced after tdms wrote it (its record names the video's size and mtime)."""
     try:
-        marker = json.loads(marker_path(out).read_text())
-        if not isinstance(marker, dict) or is_video(out) and marker.get("video") != video_stamp(out):
+        marker = read_record(marker_path(out)) or {}
+        if is_video(out) and marker.get("video") != video_stamp(out):
             return {}
         return marker
-    except (OSError, ValueError):
+    except (OSError, UserError):
         return {}
 
 
@@ -113,8 +139,8 @@ def check_replaceable(out: Path) -> None:
         return
     if not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder (nor a .mp4/.avi video); choose another output")
-    if any(out.iterdir()) and not (out / MARKER).is_file():
-        raise UserError(f"{out}: exists, is not empty and was not written by tdms; choose another output")
+    if not (out / MARKER).is_file():
+        refuse_foreign(out, sorted(p.name for p in out.iterdir()), "tdms", MARKER)
 
 
 def prepare_output(out: Path, inputs: list, redo: bool):
@@ -191,11 +217,9 @@ def remove_partial(out: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     else:
         tmp.unlink(missing_ok=True)
-    if is_video(out):
-        stems = (f".{out.stem}", f".{tmp.stem}")  # FrameWriter's temp of out (older tdms) or of the partial
-        for p in out.parent.glob(f".*.partial{glob.escape(out.suffix)}"):
-            m = re.fullmatch(rf"(.*)\.\d+\.partial{re.escape(out.suffix)}", p.name)
-            if m and m[1] in stems:
+    if is_video(out):  # FrameWriter writes the partial video as ..o.partial.<pid>.partial.mp4
+        for p in out.parent.glob(f"{glob.escape(f'.{tmp.stem}')}.*.partial{glob.escape(out.suffix)}"):
+            if re.fullmatch(rf"{re.escape(f'.{tmp.stem}')}\.\d+\.partial{re.escape(out.suffix)}", p.name):
                 p.unlink(missing_ok=True)
 
 
@@ -203,10 +227,9 @@ def commit(tmp: Path, out: Path, meta: dict) -> None:
     """Move a finished output into place with its record, replacing an older tdms output (never a user's files)."""
     if is_video(out):
         os.replace(tmp, out)
-        record = {**meta, "video": video_stamp(out)}  # a video copied over out later has no record
-        write_bytes_atomic(marker_path(out), json.dumps(record, indent=1).encode())
+        write_record(marker_path(out), {**meta, "video": video_stamp(out)})  # a video copied over out has none
         return
-    (tmp / MARKER).write_text(json.dumps(meta, indent=1))
+    write_record(tmp / MARKER, meta)
     if out.is_dir():
         if extra := foreign_files(out):
             raise UserError(f"{out}: files tdms did not write appeared during the run ({', '.join(extra[:5])}); "

@@ -1,9 +1,9 @@
 """Several videos in one batch (dataset mode): the recurrence is per video, so the batch runs across videos.
 
 Videos of one frame size share up to `batch` slots; a video that ends leaves its slot to the next waiting one,
-which starts with O_0 = P_0. Each video decodes in its own thread (infer.prefetch), stacking and padding run in
-another, and a pool of threads writes the frames. Outputs equal the one-video path (infer.step_frames) to ≤ 1e-5
-(different batch sizes may pick different conv kernels; tests/test_batched.py).
+which starts with O_0 = P_0. Each video decodes in its own thread (frames.io.prefetch), stacking and padding run in
+another, and a pool of threads writes the frames. Outputs equal the one-video path (recurrence.step_frames) to ≤ 1e-5
+(different batch sizes may pick different conv kernels; tests/inference/test_batched.py).
 """
 
 import os
@@ -104,7 +104,7 @@ def take(x: torch.Tensor, rows: list[int]) -> torch.Tensor:
 def batched_frames(step, videos: list[Video], batch: int, device="cpu") -> Iterator[tuple[int, np.ndarray]]:
     """(k, O_t) of videos of one frame size, up to `batch` at a time; each video's frames come in order.
 
-    `step` from runner.make_step, for a network without recurrent state (TDMS-Net). O_t is float32 (H,W,3),
+    `step` from fast.make_step, for a network without recurrent state (TDMS-Net). O_t is float32 (H,W,3),
     unclipped.
     """
     sizes = {tuple(v.size) for v in videos}
@@ -137,7 +137,7 @@ def write_outputs(results: Iterator[tuple[int, np.ndarray]], targets: list[Targe
     """Write the (k, O_t) results as frame folders by a pool of threads; yield (k, meta) as each video completes.
 
     Frames go to a hidden partial folder; a complete video gets its marker and is moved into place
-    (infer.commit). An exception (or closing this generator) removes the partial folders this run started; a
+    (outputs.commit). An exception (or closing this generator) removes the partial folders this run started; a
     killed run leaves them, and the next run replaces them.
     """
     written, started = [0] * len(targets), [0.0] * len(targets)

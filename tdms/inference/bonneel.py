@@ -1,4 +1,4 @@
-"""Bonneel et al. 2015 blind temporal consistency (DESIGN §9): one screened Poisson solve per frame.
+"""Bonneel et al. 2015 blind temporal consistency (SIGGRAPH Asia): one screened Poisson solve per frame.
 
 Per frame t ≥ 1 and channel, O_t minimises Σ ‖∇O − ∇P_t‖² + w ‖O − T‖² with T = warp(O_{t−1}, F_t). Writing
 O = P_t + D, the normal equations are (L + diag(w)) D = w · (T − P_t), L the 4-neighbour graph Laplacian with

@@ -3,15 +3,15 @@
     step = make_step(model, "cuda", amp="bf16", channels_last=True, cuda_graph=True)
     o_t, state = step(i_prev, i_t, o_prev, p_t, state)   # (B,3,H,W) on the device, H, W multiples of 4
 
-O_t comes back in fp32 whatever `amp` is. With bf16/fp16 TDMS-Net's heads (mask, flow, residual) run in a cast
-copy of the network and O_t = M·warp(O_{t-1}, F) + (1-M)·P_t + R is composed in fp32, so the recurrence carries O
-at full precision. (Autocast does the same on CUDA, but on CPU it runs reflection padding in fp32 and casts every
-layer's input twice, which costs more than bf16 saves.) Networks without separate heads (Lai et al.'s) and their
-`state` run under autocast.
+O_t comes back in fp32 whatever `amp` is. With bf16/fp16 TDMS-Net's heads (mask, flow, residual) run in a cast copy
+of the network and O_t = M·warp(O_{t-1}, F) + (1-M)·P_t + R is composed in fp32 (tdms_net.compose, as in
+TDMSNet.forward), so the recurrence carries O at full precision. (Autocast does the same on CUDA, but on CPU it
+runs reflection padding in fp32 and casts every layer's input twice, which costs more than bf16 saves.) Networks
+without separate heads (Lai et al.'s) and their `state` run under autocast.
 
-Tolerances against the plain fp32 NCHW forward (tests/test_batched.py): channels_last and batching ≤ 1e-5; bf16
-a mean absolute difference ≤ 5e-3 per frame. bf16 pays off on CPUs with AVX512-BF16/AMX (scripts/benchmark.py
-measures it); fp16 needs CUDA.
+Tolerances against the plain fp32 NCHW forward (tests/inference/test_batched.py): channels_last and batching
+≤ 1e-5; bf16 a mean absolute difference ≤ 5e-3 per frame. bf16 pays off on CPUs with AVX512-BF16/AMX
+(scripts/bench/benchmark.py measures it); fp16 needs CUDA.
 """
 
 import copy
@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from tdms.errors import UserError
-from tdms.flow.warp import warp
+from tdms.nets.tdms_net import compose
 
 AMP = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -44,9 +44,7 @@ class Step(nn.Module):
     def forward(self, i_prev, i_t, o_prev, p_t, *state):
         if self.split:
             mask, flow, residual = self.net.heads(*(self.fmt(x, self.dtype) for x in (i_prev, i_t, o_prev, p_t)))
-            mask, flow = mask.float(), flow.float()
-            # TDMSNet.forward's composition, in fp32
-            return (mask * warp(o_prev, flow) + (1 - mask) * p_t + residual.float(),)
+            return (compose(mask.float(), flow.float(), residual.float(), o_prev, p_t)[0],)  # in fp32
         extra = {"state": state or None} if getattr(self.net, "recurrent", False) else {}
         # no cast cache: cached weight copies would outlive a CUDA graph capture's memory pool
         amp = torch.autocast(self.device_type, dtype=self.dtype, cache_enabled=False) if self.dtype else nullcontext()

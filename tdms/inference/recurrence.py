@@ -12,8 +12,6 @@ from tdms.flow.warp import warp
 from tdms.frames.io import frames_to_tensor, tensor_to_frame
 from tdms.inference.fast import make_step
 
-METHODS = ("tdms", "naive", "bonneel", "identity")
-
 
 def pad_to(x: torch.Tensor, multiple: int = 4) -> tuple[torch.Tensor, tuple[int, int]]:
     """Reflection-pad (B,C,H,W) on the right and bottom to multiples of `multiple`; returns the old size."""
@@ -31,7 +29,7 @@ def tdms_frames(model, pairs, device="cpu", amp: str = "fp32"):
 
 @torch.inference_mode()
 def step_frames(step, pairs, device="cpu"):
-    """O_t of one video from its (I_t, P_t) frames; `step` from runner.make_step. O_{t-1} stays on the device."""
+    """O_t of one video from its (I_t, P_t) frames; `step` from fast.make_step. O_{t-1} stays on the device."""
     i_prev = o_prev = state = None
     for i_np, p_np in pairs:
         i_t, size = pad_to(frames_to_tensor(i_np).to(device))

@@ -16,7 +16,7 @@ from tdms.config import ARCHS, ModelConfig, config_from_dict
 from tdms.errors import UserError
 from tdms.nets.lai_net import LaiNet
 from tdms.nets.tdms_net import TDMSNet
-from tdms.weights import FORMAT, load_strict, read_checkpoint
+from tdms.weights import FORMAT, check_finite, load_strict, read_checkpoint
 
 
 def prior_backend(name: str):
@@ -44,6 +44,11 @@ def build_model(mcfg: ModelConfig) -> torch.nn.Module:
     raise UserError(f"unknown model.arch {mcfg.arch!r}; choose from {list(ARCHS)}")
 
 
+# Lai et al.'s release was saved by PyTorch 0.4.0, whose InstanceNorm had no num_batches_tracked buffer. The
+# buffers are never used (the released forward does not apply its norms), so a released file may lack them.
+UNUSED_BUFFERS = ("norm_layer.num_batches_tracked",)
+
+
 def is_released_format(ckpt: dict) -> bool:
     """The authors' file (TDMS-Net's or Lai et al.'s): no config, and the never-applied IN buffers are present."""
     return ckpt.get("format") != FORMAT and "conv1a.norm_layer.running_mean" in ckpt["model"]
@@ -69,6 +74,7 @@ def load_model(path: str | Path, device="cpu", verbose: bool = False) -> torch.n
     if verbose and mcfg.original_quirks:
         who = "Lai et al.'s" if mcfg.arch == "lai" else "the authors'"
         print(f"{path}: {who} released format; original_quirks on (its weights were trained with them)")
+    check_finite(ckpt["model"], path)
     model = build_model(mcfg)
-    load_strict(model, ckpt["model"], path)
+    load_strict(model, ckpt["model"], path, optional=UNUSED_BUFFERS if is_released_format(ckpt) else ())
     return model.to(device).eval()

@@ -1,4 +1,4 @@
-"""Lai et al. (ECCV 2018) "Learning Blind Video Temporal Consistency": TransformNet + ConvLSTM (DESIGN §9).
+"""Lai et al. (ECCV 2018) "Learning Blind Video Temporal Consistency": TransformNet + ConvLSTM.
 
     O_t = P_t + tanh(net([P_t, O_{t-1}], [I_t, I_{t-1}], state))
 

@@ -106,7 +106,7 @@ class ColumnConvLayer(ConvLayer):
     output (k·C channels: two blocks for C = 3, one for C = 2), and ShiftSum adds the shares shifted by d. Only the
     rows are reflection-padded on the input; the columns are reflected on the k·C-channel shares. Same weights and
     the same function, up to rounding. On other devices it is the plain layer: on CUDA the route is unmeasured
-    (`bench.measure.output_layer_routes` times both, and scripts/gpu_check.sh runs it).
+    (scripts/bench/measure.py `output_layer_routes` times both, and scripts/bench/gpu_check.sh runs it).
     """
 
     devices = ("cpu",)  # where forward takes the column route

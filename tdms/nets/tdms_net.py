@@ -122,9 +122,17 @@ class TDMSNet(nn.Module):
     def forward(self, i_prev, i_t, o_prev, p_t, prior=None) -> dict:
         """One step of the recurrence. Returns output, mask, flow, residual, warped (= warp(O_{t-1}, F_t))."""
         mask, flow, residual = self.heads(i_prev, i_t, o_prev, p_t, prior)
-        warped = warp(o_prev, flow)
-        output = mask * warped + (1 - mask) * p_t + residual
+        output, warped = compose(mask, flow, residual, o_prev, p_t)
         return {"output": output, "mask": mask, "flow": flow, "residual": residual, "warped": warped}
+
+
+def compose(mask, flow, residual, o_prev, p_t) -> tuple[torch.Tensor, torch.Tensor]:
+    """O_t = M·warp(O_{t-1}, F) + (1-M)·P_t + R from the three heads' outputs; returns O_t and warp(O_{t-1}, F).
+
+    Runs in the inputs' dtype: the fast path (inference/fast.py) gives it fp32 heads so that O stays fp32.
+    """
+    warped = warp(o_prev, flow)
+    return mask * warped + (1 - mask) * p_t + residual, warped
 
 
 def count_parameters(model: nn.Module) -> int:

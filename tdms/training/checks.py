@@ -1,9 +1,10 @@
-"""What tdms-train checks before and around its loop, and what it records: settings refused by key, a resumed
-run's config against its checkpoint's, a DataLoader worker's error as one line, a non-finite loss's terms, and
-run.json."""
+"""What tdms-train checks before and around its loop, and what it records: the run folder, settings refused by
+key, the precision against the device, a resumed run's config against its checkpoint's, a DataLoader worker's
+error as one line, a non-finite loss's terms, the code's git SHA and run.json."""
 
 import json
 import math
+import subprocess
 from pathlib import Path
 
 import torch
@@ -11,7 +12,8 @@ from torch.utils.data import DataLoader
 
 from tdms import distributed
 from tdms.config import Config, config_from_dict, to_dict
-from tdms.errors import UserError
+from tdms.errors import MissingFile, OutputExists, UserError
+from tdms.inference.fast import AMP
 
 # what --resume may change: the run's length, where it and its data lie, and settings that touch no number of the run
 RESUMABLE = ("train.steps", "train.out", "train.log_every", "train.image_every", "train.ckpt_every", "train.threads",
@@ -30,6 +32,15 @@ def show_terms(terms: dict, weighted: dict, w) -> str:
     return ", ".join(parts)
 
 
+def check_run_folder(last: Path, resume: bool):
+    """A new run never writes over an old one's checkpoint `last`; --resume needs one."""
+    if last.exists() and not resume:
+        raise OutputExists(f"{last.parent} already holds a run ({last}); pass --resume to continue it or pick "
+                           "another out")
+    if resume and not last.exists():
+        raise MissingFile(f"--resume: no checkpoint at {last}")
+
+
 def check_settings(cfg: Config):
     """Values the loop, the sampler or the networks cannot take, refused by key before any work."""
     t, d = cfg.train, cfg.data
@@ -46,6 +57,14 @@ def check_settings(cfg: Config):
     for key, value, ok, want in rules:
         if not ok:
             raise UserError(f"{key} must be {want}, got {value}")
+
+
+def check_amp(amp: str, device: torch.device):
+    """train.amp is one of AMP's precisions, and fp16 (whose GradScaler is CUDA's) runs on a CUDA device."""
+    if amp not in AMP:
+        raise UserError(f"train.amp must be one of {list(AMP)}, got {amp!r}")
+    if amp == "fp16" and device.type != "cuda":
+        raise UserError("train.amp=fp16 needs a CUDA device (its GradScaler is CUDA's); use bf16 on CPU")
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -100,6 +119,16 @@ def batches(loader: DataLoader):
         except Exception as e:
             raise worker_error(e) from None
         yield batch
+
+
+def git_sha(where: Path = Path(__file__).parent) -> str:
+    """The commit of the code that runs, "-dirty" when it has uncommitted changes (run.json records it)."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True,
+                             text=True, cwd=where, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def write_run_record(out: Path, sha: str, device: torch.device, step: int, world: distributed.World):

@@ -1,4 +1,7 @@
-"""Training clips from Lai et al.'s layout (DESIGN §6), with cached flows and the augmentations of DESIGN §5.
+"""Training clips from Lai et al.'s layout (root/train/input/<dataset>/<video>/, root/train/processed/<task>/
+<dataset>/<video>/, root/lists/), with cached flows and the original code's augmentation: a scale drawn from
+U[scale_min, scale_max] (0.5, 2 by default) that keeps the short side >= crop, a random crop, one of the 8
+rotations/flips and temporal reversal. build_data and make_loader turn a config into the run's samples.
 
 A sample is a dict:
     'input'     (S,3,h,w) float [0,1]   original frames I
@@ -15,8 +18,12 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
 
+from tdms import distributed
+from tdms.config import Config
 from tdms.errors import MissingFile, UserError
 from tdms.flow.cache import FlowCache
 from tdms.frames.io import list_frames, read_frame
@@ -36,10 +43,6 @@ class Clip:
     @property
     def frames(self) -> int:
         return len(self.input_files)
-
-
-
-
 
 
 def find_clips(root: Path, phase: str, tasks_list: Path) -> list[Clip]:
@@ -178,3 +181,52 @@ class ClipDataset(Dataset):
             "flow": torch.stack([prep(f, True) for f in flows]),
             "name": f"{clip.task}/{clip.dataset}/{clip.video}@{t0}" + (f"+{gap}" if gap > 1 else ""),
         }
+
+
+def build_data(cfg: Config, backend, world: distributed.World) -> ClipDataset:
+    """The clips of cfg.data with their flows cached by `backend` (computed once per backend; slow for networks
+    on CPU). Every processed frame is checked before any flow is computed, so a bad one fails at once, by name.
+
+    With several processes each fills the cache for its share of the videos (entries are written atomically),
+    then all wait for the others."""
+    d = cfg.data
+    root = Path(d.root)
+    clips = find_clips(root, d.phase, root / d.tasks_list)
+    cache = FlowCache(Path(d.flow_cache or root / "cache" / "flow"), backend)
+    for clip in clips:
+        check_processed(clip, cache.source(clip.input_dir).size)
+    ds = ClipDataset(clips, cache, d.sample_frames, d.crop, d.scale_min, d.scale_max, d.augment, cfg.train.seed,
+                     frame_gap=d.frame_gap)
+    videos = distributed.shard(sorted({c.input_dir for c in clips}), world)
+    for video in tqdm(videos, desc="flow cache", unit="video", disable=not world.main):
+        try:
+            cache.prepare(video, progress=False, gaps=ds.gaps())
+        except ValueError as e:
+            raise UserError(f"{video}: {e}") from None
+    distributed.barrier(world)
+    return ds
+
+
+class Samples(Dataset):
+    """Samples first ... end - 1 of a ClipDataset (sample k is a function of the seed and k), as 0 ... n - 1."""
+
+    def __init__(self, ds: ClipDataset, first: int, end: int):
+        self.ds, self.first, self.n = ds, first, max(0, end - first)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, k: int) -> dict:
+        return self.ds[self.first + k]
+
+
+def make_loader(ds: ClipDataset, step: int, cfg: Config, world: distributed.World, device) -> DataLoader:
+    """This rank's share of the samples of the steps still to run (those after `step`, up to train.steps).
+
+    Step s (counted from 0) trains on samples s·batch ... (s+1)·batch - 1 of the global batch train.batch; each
+    rank takes every world.size-th of them, so a global batch holds the same samples for any number of processes."""
+    batch = cfg.train.batch
+    remaining = Samples(ds, step * batch, cfg.train.steps * batch)
+    sampler = DistributedSampler(remaining, world.size, world.rank, shuffle=False) if world.distributed else None
+    return DataLoader(remaining, batch // world.size, sampler=sampler, num_workers=cfg.data.workers,
+                      pin_memory=device.type == "cuda", drop_last=True, persistent_workers=cfg.data.workers > 0)

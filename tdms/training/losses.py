@@ -1,4 +1,10 @@
-"""Training losses of DESIGN §5 as small pure functions, and the VGG16 feature extractor they may use.
+"""Training losses as small pure functions, and the VGG16 feature extractor of the perceptual term.
+
+The terms, with F* = flow(I_t -> I_{t-1}) and the visibility V (tdms/flow/occlusion.py), and the weights of the
+original TDMS-Net code: temporal L1(O_t·V, warp(O_{t-1}, F*)·V) 100; perceptual sum_l L1(VGG16_l(O_t),
+VGG16_l(P_t)) at relu4_3 10; fidelity L1(O_t, P_t) 1; flow L1(F_t, F*) 0.5; flow cycle L1(flow(I_{t-1} -> I_t),
+flow(O_{t-1} -> O_t)) 1 (off by default here: loss.flow_cycle); mask L1(M_t, V) 1. Lai et al.'s long-term term
+is the temporal one towards frame 0.
 
 All images (B,3,H,W) in [0,1]; flows (B,2,H,W) pixels; visibility (B,1,H,W) in [0,1].
 """

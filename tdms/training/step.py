@@ -6,7 +6,6 @@ temporal L1(O_t V, warp(O_{t-1}, F*) V), perceptual (VGG16 relu4_3), fidelity L1
 mask L1(M_t, V), flow cycle, and Lai et al.'s long-term term (warp towards frame 0).
 """
 
-
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -72,14 +71,8 @@ def step_losses(out: dict, f: dict, w, aux: Aux, long=None) -> dict:
     return terms
 
 
-def clip_losses(model, batch: dict, cfg: Config, aux: Aux | None = None) -> tuple[float, dict]:
-    """Run the recurrence over one batch of clips (O_0 = P_0, O_{t-1} detached) and sum the weighted losses.
-
-    Each step's loss is backpropagated at once (memory stays flat); returns the total and each term's mean.
-    A recurrent model (Lai et al.'s) gets its state carried across frames, detached between them as in Lai et al.
-    """
-    aux = aux or Aux()
-    w = cfg.loss
+def check_mask_settings(w):
+    """The mask term's settings of cfg.loss, refused by key."""
     if w.mask_target not in ("flow_star", "own_flow"):
         raise UserError(f"loss.mask_target must be flow_star or own_flow, got {w.mask_target!r}")
     if not 0 < w.mask_scale <= 1:
@@ -88,6 +81,17 @@ def clip_losses(model, batch: dict, cfg: Config, aux: Aux | None = None) -> tupl
         raise UserError(f"loss.mask_norm must be l1 or l2, got {w.mask_norm!r}")
     if not 0 <= w.mask_balance < 1:
         raise UserError(f"loss.mask_balance must be in [0, 1) (a visibility threshold; 0 = off), got {w.mask_balance}")
+
+
+def clip_losses(model, batch: dict, cfg: Config, aux: Aux | None = None) -> tuple[float, dict]:
+    """Run the recurrence over one batch of clips (O_0 = P_0, O_{t-1} detached) and sum the weighted losses.
+
+    Each step's loss is backpropagated at once (memory stays flat); returns the total and each term's mean.
+    A recurrent model (Lai et al.'s) gets its state carried across frames, detached between them as in Lai et al.
+    """
+    aux = aux or Aux()
+    w = cfg.loss
+    check_mask_settings(w)
     ins, ps, flows = batch["input"], batch["processed"], batch["flow"]
     steps = ins.shape[1] - 1
     o_prev = o_first = ps[:, 0]

@@ -173,6 +173,7 @@ def test_build_layout(tiny_build):
     assert not list(out.rglob(".tmp-*"))
 
 
+@pytest.mark.slow
 def test_build_is_deterministic_and_resumes(tiny_build, tmp_path):
     out, _ = tiny_build
     other = tmp_path / "again"
@@ -218,6 +219,24 @@ def test_build_refuses_foreign_or_mismatched_folders(tmp_path):
     assert (repo_like / "lists" / "real_test.txt").read_text() == "bikes_0\n"
 
 
+def test_a_broken_marker_or_a_file_is_refused(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / MARKER).write_text("{half")
+    for force in (False, True):
+        with pytest.raises(ValueError, match=f"{out / MARKER}: not a tdms marker .*remove it"):
+            build(out, TINY, force=force)
+    assert (out / MARKER).read_text() == "{half"
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        build(tmp_path / "file", TINY)
+    user = tmp_path / "user"
+    (user / "lists").mkdir(parents=True)
+    (user / "lists" / "mine.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"not written by tdms-build-data \(it holds lists/mine.txt; no "):
+        build(user, TINY)
+
+
 def test_command_exit_codes(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "a"), "--frames", "2", "--max-videos", "1", "--splits", "test"]) == 0
     assert "test: 2 videos" in capsys.readouterr().out
@@ -230,6 +249,7 @@ def test_command_exit_codes(tmp_path, capsys):
     assert err.value.code == 2
 
 
+@pytest.mark.slow
 def test_demo(tmp_path):
     out = tmp_path / "demo"
     assert build_demo(out)["frames"] == 60

@@ -7,10 +7,11 @@ import shutil
 import numpy as np
 import pytest
 
-from tdms.commands import test as command
 from tdms.commands.test import main as run_cli
+from tdms.errors import UserError
 from tdms.frames.io import FrameSource, FrameWriter, read_frame, write_frame
-from tdms.frames.outputs import MARKER
+from tdms.frames.outputs import MARKER, claim_folder, read_record, write_record
+from tdms.inference import methods
 from tests.conftest import flicker, moving_frames, write_video
 
 
@@ -46,11 +47,12 @@ def test_a_video_output_is_reused_only_with_its_record(clip, tmp_path, capsys):
         assert str(mine) in err and "a video tdms did not write" in err
     assert mine.read_bytes() == before
     out = tmp_path / "o.mp4"
-    # partial videos of killed runs (FrameWriter's temps are PID-named) are removed by the next run
-    for name in (".o.partial.mp4", "..o.partial.123.partial.mp4", ".o.456.partial.mp4"):
+    # partial videos of killed runs (FrameWriter's temps are PID-named) are removed by the next run; others stay
+    for name in (".o.partial.mp4", "..o.partial.123.partial.mp4", "..o.partial.x1.partial.mp4"):
         (tmp_path / name).write_bytes(b"half")
     assert cli(clip, out) == 0
-    assert leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == ["..o.partial.x1.partial.mp4"]
+    (tmp_path / "..o.partial.x1.partial.mp4").unlink()
     record = json.loads((tmp_path / f".o.mp4{MARKER}").read_text())
     assert record["method"] == "identity" and record["frames"] == 4 and len(FrameSource(out)) == 4
     assert cli(clip, out) == 0
@@ -166,7 +168,7 @@ def test_ctrl_c_says_so_in_one_line_and_leaves_no_partial(clip, tmp_path, capsys
                 raise KeyboardInterrupt
             yield p
 
-    monkeypatch.setattr(command, "identity_frames", interrupted)
+    monkeypatch.setattr(methods, "identity_frames", interrupted)
     for out in (tmp_path / "O", tmp_path / "o.mp4"):
         assert cli(clip, out) == 130
         err = capsys.readouterr().err
@@ -180,3 +182,31 @@ def test_a_frame_missing_from_one_folder_is_an_error(clip, tmp_path, capsys):
     assert cli(clip, tmp_path / "O") == 1
     assert "frame numbers do not pair up" in capsys.readouterr().err
     assert not (tmp_path / "O").exists()
+
+
+def test_the_marker_protocol(tmp_path):
+    """The protocol tdms-test, tdms-evaluate and the builder share: claim a folder, read and write its marker."""
+    new = tmp_path / "new"
+    assert claim_folder(new, ".m", "tool") is False and new.is_dir()  # created
+    write_record(new / ".m", {"a": 1})
+    assert read_record(new / ".m") == {"a": 1} and read_record(tmp_path / "none") is None
+    (new / "x.txt").write_text("x")
+    assert claim_folder(new, ".m", "tool") is True  # ours: the caller checks what the record says
+    assert sorted(p.name for p in new.iterdir()) == [".m", "x.txt"]  # no temp file left by the atomic write
+    for text, why in (("{", "Expecting"), ("[1]", "not a JSON object")):
+        (new / ".m").write_text(text)
+        with pytest.raises(UserError, match=f"{new / '.m'}: not a tdms marker.*{why}.*remove it"):
+            read_record(new / ".m")
+    user = tmp_path / "user"
+    user.mkdir()
+    for k in range(7):
+        (user / f"f{k}").write_text("mine")
+    with pytest.raises(UserError, match=rf"{user}: not empty and not written by tool \(it holds f0, f1, f2, f3, f4 "
+                                        rf"and 2 more; no \.m\); refusing to write into it"):
+        claim_folder(user, ".m", "tool")
+    with pytest.raises(UserError, match=r"it holds f6; no \.m"):
+        claim_folder(user, ".m", "tool", foreign=lambda folder: ["f6"])
+    assert claim_folder(user, ".m", "tool", foreign=lambda folder: []) is False
+    assert not (user / ".m").exists() and len(list(user.iterdir())) == 7
+    with pytest.raises(UserError, match=f"{user / 'f0'} is a file, not a folder"):
+        claim_folder(user / "f0", ".m", "tool")

@@ -38,6 +38,7 @@ def write_config(tmp_path, root, methods, **run):
     return path
 
 
+@pytest.mark.slow
 def test_config_run_tables_pictures_and_resume(lai_root, tmp_path, capsys):
     methods = make_results(lai_root, tmp_path)
     calm_v1 = tmp_path / "out" / "calm" / TASK / DATASET / "v1"
@@ -91,6 +92,7 @@ def test_config_run_tables_pictures_and_resume(lai_root, tmp_path, capsys):
     assert "1 video(s) scored, 5 reused" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_results_parallel_jobs_and_resize(lai_root, tmp_path, capsys):
     methods = make_results(lai_root, tmp_path)
     big = tmp_path / "out" / "big" / TASK / DATASET

@@ -190,6 +190,7 @@ def test_out_must_be_a_folder_tdms_evaluate_wrote(lai_root, tmp_path, capsys):
     assert run(inp, res, empty, "--no-tracking") == 0 and (empty / "metrics.json").is_file()
 
 
+@pytest.mark.slow
 def test_rerun_after_the_input_frames_change_uses_their_new_flows(tmp_path):
     inp, proc, res = make_video(tmp_path)
     assert run(inp, res, tmp_path / "ev", proc=proc) == 0
@@ -209,6 +210,7 @@ def test_out_inside_evaluated_folder_exits_1(tmp_path, capsys):
     assert not (res / "eval").exists()
 
 
+@pytest.mark.slow
 def test_lpips_and_composite_with_a_backbone_file(tmp_path, empty_hub):
     write_backbone(empty_hub, "alex")
     inp, proc, res = make_video(tmp_path)

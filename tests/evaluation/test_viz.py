@@ -1,4 +1,4 @@
-"""tdms.viz: side-by-side comparison videos and per-frame plots."""
+"""tdms.evaluation.plots: side-by-side comparison videos and per-frame plots."""
 
 import cv2
 import numpy as np

@@ -108,10 +108,10 @@ def test_loads_strictly_and_runs(checkpoint, flownet2):
     saved = checkpoint[1]
     loaded = flownet2.net.state_dict()
     assert loaded.keys() == saved.keys() and all(torch.equal(loaded[k], saved[k]) for k in saved)
-    assert flownet2.name == "flownet2" and not flownet2.net.training
+    assert flownet2.name == "flownet2-up64" and not flownet2.net.training
     g = torch.Generator().manual_seed(1)
     a, b = torch.rand(1, 3, 70, 100, generator=g), torch.rand(1, 3, 70, 100, generator=g)
-    out = flownet2(a, b)  # 70×100 runs at 64×128
+    out = flownet2(a, b)  # 70×100 runs at 128×128
     assert out.shape == (1, 2, 70, 100) and out.dtype == torch.float32 and torch.isfinite(out).all()
     assert not out.requires_grad
 
@@ -129,12 +129,24 @@ def test_input_normalisation_and_per_axis_rescale():
     a, b = torch.full((2, 3, 80, 150), 0.6), torch.full((2, 3, 80, 150), 0.4)
     out = flow(a, b)
     x1, x2 = flow.net.inputs
-    assert (size64(80), size64(150)) == (64, 128) and x1.shape == (2, 3, 64, 128)
+    assert (size64(80), size64(150)) == (128, 192) and x1.shape == (2, 3, 128, 192)  # rounded up, never down
     # the pair's channel mean (0.5) subtracted, in rgb_max units: 0.6 -> 0.1, not 0.1 * 255
     assert torch.allclose(x1, torch.full_like(x1, 0.1)) and torch.allclose(x2, torch.full_like(x2, -0.1))
     assert out.shape == (2, 2, 80, 150)
-    assert torch.allclose(out[:, 0], torch.full((2, 80, 150), 3.0 * 150 / 128))
-    assert torch.allclose(out[:, 1], torch.full((2, 80, 150), -2.0 * 80 / 64))
+    assert torch.allclose(out[:, 0], torch.full((2, 80, 150), 3.0 * 150 / 192))
+    assert torch.allclose(out[:, 1], torch.full((2, 80, 150), -2.0 * 80 / 128))
+
+
+def test_davis_frames_run_at_lais_size():
+    """Lai et al.'s compute_flow_occlusion.py runs FlowNet2 at each side rounded UP to a multiple of 64: DAVIS's
+    854×480 at 896×512 (the nearest multiples would be 832×512), and scales the flow back per axis."""
+    flow = FlowNet2Flow(net=ConstantFlow())
+    out = flow(torch.rand(1, 3, 480, 854), torch.rand(1, 3, 480, 854))
+    assert flow.net.inputs[0].shape == (1, 3, 512, 896)
+    assert out.shape == (1, 2, 480, 854)
+    assert torch.allclose(out[:, 0], torch.full((1, 480, 854), 3.0 * 854 / 896))
+    assert torch.allclose(out[:, 1], torch.full((1, 480, 854), -2.0 * 480 / 512))
+    assert [size64(n) for n in (64, 65, 127, 128, 129)] == [64, 128, 128, 128, 192]
 
 
 def test_differentiable_mode_reaches_the_images(flownet2):
@@ -158,7 +170,7 @@ def test_errors(tmp_path, flownet2, monkeypatch):
         content = {"state_dict": {"flownetc.conv1.0.weight": torch.zeros(64, 3, 7, 7)}}
         torch.save(content, truncated, _use_new_zipfile_serialization=not legacy)
         truncated.write_bytes(truncated.read_bytes()[:3000])
-        with pytest.raises(ValueError, match="truncated.pth.tar: cannot be read.*truncated"):
+        with pytest.raises(ValueError, match="truncated.pth.tar: not a readable PyTorch weights file .truncated"):
             FlowNet2Flow(truncated)
     with pytest.raises(ValueError, match="smaller|at least 64"):
         flownet2(torch.rand(1, 3, 48, 96), torch.rand(1, 3, 48, 96))

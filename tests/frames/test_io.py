@@ -275,7 +275,7 @@ def test_video_writer_refusals(tmp_path):
         FrameWriter(tmp_path / "empty.avi").close()
     sizes = FrameWriter(tmp_path / "sizes.avi")
     sizes.write(black)
-    with pytest.raises(ValueError, match="earlier frames 8x8"):
+    with pytest.raises(ValueError, match=r"frame 1 is 6×8 \(W×H\), earlier frames 8×8 \(W×H\)"):
         sizes.write(black[:, :6])
     sizes.abort()
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from tdms.checkpoint import atomic_save
 from tdms.commands.test import main as run_cli
 from tdms.config import Config, to_dict
+from tdms.files import save_atomic
 from tdms.frames.io import FrameSource, prefetch, read_frame, write_frame
 from tdms.frames.outputs import process_video
 from tdms.inference.across_videos import Video, batched_frames, group_by_size, stacked_steps
@@ -91,7 +91,7 @@ def test_channels_last_and_the_fp32_composition_match_the_model(net, clips):
     want = list(tdms_frames(net, zip(i, p, strict=True)))
     fast = list(step_frames(make_step(net, "cpu", channels_last=True), zip(i, p, strict=True)))
     assert max_diff(fast, want) <= 1e-5
-    # the split path (heads in a cast copy, O composed by runner.Step) with fp32 "casting" is TDMSNet.forward
+    # the split path (heads in a cast copy, O composed by fast.Step) with fp32 "casting" is TDMSNet.forward
     x = [torch.rand(2, 3, 16, 20, generator=torch.Generator().manual_seed(s)) for s in range(4)]
     with torch.inference_mode():
         split = Step(net, torch.float32, False, "cpu")
@@ -134,6 +134,7 @@ def test_recurrent_state_is_carried_and_refused_in_a_batch(clips):
         run_batched(make_step(lai, "cpu"), clips, 2)
 
 
+@pytest.mark.slow  # torch.compile: 15-90 s
 def test_compile_matches_eager(net, clips):
     i, p = clips[1]
     want = list(tdms_frames(net, zip(i, p, strict=True)))
@@ -195,7 +196,7 @@ def ckpt(tmp_path, net):
     cfg = Config()
     cfg.model.nf = 8
     path = tmp_path / "w.pth"
-    atomic_save({"format": "tdms", "model": net.state_dict(), "config": to_dict(cfg)}, path)
+    save_atomic({"format": "tdms", "model": net.state_dict(), "config": to_dict(cfg)}, path)
     return path
 
 

@@ -56,7 +56,8 @@ def numpy_weight(i_t, i_warped, lam):
     return w
 
 
-@pytest.mark.parametrize("size", [(7, 9), (33, 35)])  # 33×35 also runs one coarse level (odd sizes)
+# 33×35 also runs one coarse level (odd sizes); its dense solve takes ~5 s
+@pytest.mark.parametrize("size", [(7, 9), pytest.param((33, 35), marks=pytest.mark.slow)])
 def test_matches_dense_normal_equations_over_a_sequence(size):
     h, w = size
     rng = np.random.default_rng(1)

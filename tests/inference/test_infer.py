@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from tdms.checkpoint import atomic_save
 from tdms.commands.test import main as run_cli
 from tdms.config import Config, to_dict
+from tdms.files import save_atomic
 from tdms.frames.io import FrameSource, read_frame
 from tdms.frames.outputs import MARKER
 from tdms.inference.recurrence import naive_frames, pad_to, tdms_frames
@@ -20,7 +20,7 @@ def ckpt(tmp_path):
     cfg = Config()
     cfg.model.nf = 8
     path = tmp_path / "w.pth"
-    atomic_save({"format": "tdms", "model": TDMSNet(nf=8).state_dict(), "config": to_dict(cfg)}, path)
+    save_atomic({"format": "tdms", "model": TDMSNet(nf=8).state_dict(), "config": to_dict(cfg)}, path)
     return path
 
 
@@ -80,7 +80,7 @@ def test_cli_writes_frames_and_refuses_to_clobber(pair, tmp_path, ckpt, capsys):
     assert made["method"] == "tdms" and made["checkpoint"] == str(ckpt) and len(made["checkpoint_sha256"]) == 16
     other = tmp_path / "other.pth"
     torch.manual_seed(1)
-    atomic_save({"format": "tdms", "model": TDMSNet(nf=8).state_dict(), "config": torch.load(ckpt)["config"]}, other)
+    save_atomic({"format": "tdms", "model": TDMSNet(nf=8).state_dict(), "config": torch.load(ckpt)["config"]}, other)
     before = read_frame(out / "00004.png")
     for extra in (["--checkpoint", str(other)], ["--method", "identity"]):
         assert run_cli(["--input", str(pair[0]), "--processed", str(pair[1]), "--output", str(out), *extra]) == 1

@@ -94,6 +94,25 @@ def test_lai_release_format_loads_as_lai_with_quirks(tmp_path):
     assert type(m) is LaiNet and all(torch.equal(v, ref.state_dict()[k]) for k, v in m.state_dict().items())
 
 
+def test_lai_release_saved_by_pytorch_0_4_loads(tmp_path):
+    """Lai et al.'s README asks for PyTorch 0.4.0, whose files have no norm_layer.num_batches_tracked buffers: that
+    absence alone is accepted (the buffers are never used); the file is in the legacy (pre-zip) serialisation."""
+    torch.manual_seed(3)
+    ref = LaiNet(original_quirks=True).eval()
+    state = {k: v for k, v in ref.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert len(ref.state_dict()) - len(state) == 17
+    path = tmp_path / "lai_release_0.4.pth"
+    torch.save({"model": state}, path, _use_new_zipfile_serialization=False)
+    m = load_model(path)
+    assert type(m) is LaiNet and all(torch.equal(m.state_dict()[k], v) for k, v in state.items())
+    x = frames()
+    assert torch.equal(m(*x)["output"], ref(*x)["output"])
+    del state["conv1a.norm_layer.running_var"]  # any other missing tensor is still refused
+    torch.save({"model": state}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(ValueError, match=r"missing 1: conv1a.norm_layer.running_var"):
+        load_model(path)
+
+
 def test_inference_carries_the_state_and_pads():
     """tdms.infer runs any checkpoint's network: a recurrent one gets its state back at every frame."""
     torch.manual_seed(0)

@@ -2,8 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tdms.checkpoint import atomic_save, export_weights, training_state
+from tdms.checkpoint import export_weights, training_state
 from tdms.config import Config
+from tdms.files import save_atomic
 from tdms.flow.warp import warp
 from tdms.nets.build import load_model
 from tdms.nets.layers import ColumnConvLayer, ConvLayer, UpsampleConvLayer
@@ -11,7 +12,7 @@ from tdms.nets.tdms_net import TDMSNet, count_parameters
 
 
 def expected_parameters(nf=32):
-    """Count from the layer table of DESIGN §4 (conv weights + biases)."""
+    """Count from the released model's layer table (conv weights + biases)."""
     def conv(cin, cout, k):
         return cin * cout * k * k + cout
     enc = 2 * conv(6, nf, 7) + 2 * conv(nf, 2 * nf, 3) + conv(4 * nf, 4 * nf, 3)
@@ -131,10 +132,35 @@ def test_wrong_architecture_lists_keys(tmp_path):
     with pytest.raises(ValueError, match=r"missing 1: deconv3.conv2d.bias[\s\S]*unexpected 1: extra.weight"):
         load_model(path)
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="cannot be read as a PyTorch weights file"):
+    with pytest.raises(ValueError, match="not a readable PyTorch weights file"):
         load_model(path)
     with pytest.raises(FileNotFoundError, match="nothere.pth"):
         load_model(tmp_path / "nothere.pth")
+
+
+def test_files_that_are_not_checkpoints_say_what_they_hold(tmp_path):
+    path = tmp_path / "ckpt.pth"
+    path.write_text("model_pf_epoch_65.pth: download it from the authors' page\n")
+    with pytest.raises(ValueError, match=r"ckpt.pth: not a readable PyTorch weights file: it holds text \('model_pf"):
+        load_model(path)
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match="it holds an empty file"):
+        load_model(path)
+    for legacy in (False, True):  # a file cut short: torch's reason in one whole sentence, without its advice
+        torch.save({"model": TDMSNet().state_dict()}, path, _use_new_zipfile_serialization=not legacy)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        with pytest.raises(ValueError, match=r"ckpt.pth: not a readable PyTorch weights file \(truncated") as err:
+            load_model(path)
+        assert "high likelihood" not in str(err.value) and "might be corrupted" not in str(err.value)
+
+
+def test_weights_with_nan_are_refused_by_the_file(tmp_path):
+    state = TDMSNet(original_quirks=True).state_dict()
+    state["conv3.conv2d.weight"][0, 0, 0, 0] = float("nan")
+    path = tmp_path / "diverged.pth"
+    torch.save({"model": state}, path)
+    with pytest.raises(ValueError, match=r"diverged.pth: 1 tensor\(s\) hold NaN or inf values \(conv3.conv2d.weight\)"):
+        load_model(path)
 
 
 def test_export_half_weights_round_trip(tmp_path):
@@ -142,7 +168,7 @@ def test_export_half_weights_round_trip(tmp_path):
     m = TDMSNet()
     opt = torch.optim.Adam(m.parameters())
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    atomic_save(training_state(m, opt, sched, None, 5, 0.0, Config(), "abc"), tmp_path / "last.pth")
+    save_atomic(training_state(m, opt, sched, None, 5, Config(), "abc"), tmp_path / "last.pth")
     export_weights(tmp_path / "last.pth", tmp_path / "w.pth")
     assert (tmp_path / "w.pth").stat().st_size < 0.6 * 4 * count_parameters(m)  # fp16: about half of fp32
     loaded = load_model(tmp_path / "w.pth")
@@ -233,7 +259,8 @@ def test_flow_prior_in_bf16_keeps_the_flow_in_fp32():
 
 @pytest.mark.parametrize("norm", ["none", "instance"])
 def test_upsample_conv_by_phases_is_upsample_then_reflect_conv(norm):
-    """The layer runs at the input's resolution; its outputs and gradients are DESIGN's upsample-pad-conv."""
+    """The layer runs at the input's resolution; its outputs and gradients are the plain nearest-upsample,
+    reflection-pad, 3×3 conv."""
     torch.manual_seed(0)
     layer = UpsampleConvLayer(5, 4, 3, 1, norm).double()
     x = torch.randn(2, 5, 5, 7, dtype=torch.float64, requires_grad=True)  # odd sizes: every border case
@@ -291,7 +318,7 @@ def test_upsample_conv_trains_under_inductor_in_channels_last():
 @pytest.mark.parametrize("size", [(9, 13), (4, 4), (7, 12), (8, 5)])
 @pytest.mark.parametrize("cout", [2, 3])
 def test_column_conv_is_the_reflect_padded_conv(size, cout):
-    """The output layers' k×1 conv + shifted sum is DESIGN's reflection pad + k×k conv: values and gradients (of the
+    """The output layers' k×1 conv + shifted sum is the plain reflection pad + k×k conv: values and gradients (of the
     input, the weights and the bias) in fp64, at odd sizes and at the smallest a 7×7 reflection allows."""
     torch.manual_seed(0)
     layer = ColumnConvLayer(5, cout, 7).double()

@@ -1,4 +1,5 @@
-"""The authors' released TDMS-Net (`model_pf_epoch_65.pth`): its state dict is built here from DESIGN §4 alone
+"""The authors' released TDMS-Net (`model_pf_epoch_65.pth`): its state dict is built here
+from the released model's layer table alone
 (names, shapes, the dead IN buffers), loaded strictly by tdms.nets.build.load_model (quirks on by itself), and the
 network's forward is checked against an independent one written below with torch.nn.functional only."""
 

@@ -14,7 +14,7 @@ import torch
 from tdms import distributed
 from tdms.training.loop import train
 from tdms.weights import read_checkpoint
-from tests.training.test_train import config
+from tests.training.common import config
 
 OVERRIDES = {"train.batch": 4, "train.threads": 1, "optim.lr": 1e-3, "train.ckpt_every": 1, "train.log_every": 1}
 
@@ -55,6 +55,7 @@ def assert_close(a: dict, b: dict, atol: float, what: str):
                                                                                       (a[key] - b[key]).abs().max())
 
 
+@pytest.mark.slow  # torchrun
 def test_two_gloo_processes_match_one_and_resume_with_another_world_size(lai_root, tmp_path):
     # one process, 4 steps straight; global batch 4 throughout
     straight = one_process(lai_root, tmp_path / "one", 4)
@@ -104,6 +105,7 @@ def rank_of(pid: int) -> int | None:
     return int(ranks[0]) if ranks else None
 
 
+@pytest.mark.slow  # torchrun
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the worker through /proc (Linux)")
 def test_a_dead_worker_stops_the_run_and_the_last_checkpoint_stays_valid(lai_root, tmp_path):
     run = tmp_path / "ddp"
@@ -129,6 +131,7 @@ def test_a_dead_worker_stops_the_run_and_the_last_checkpoint_stays_valid(lai_roo
     assert read_checkpoint(run / "last.pth")["step"] == ckpt["step"] + 1
 
 
+@pytest.mark.slow  # torchrun
 def test_dataset_inference_is_sharded_and_more_processes_than_videos_is_fine(lai_root, tmp_path):
     from tdms.commands.test import main as test_main
     from tdms.frames.io import list_frames, read_frame
@@ -147,6 +150,7 @@ def test_dataset_inference_is_sharded_and_more_processes_than_videos_is_fine(lai
             assert diff.mean() < 1 / 255 and diff.max() < 0.1, (x, diff.mean(), diff.max())
 
 
+@pytest.mark.slow  # torchrun
 def test_batch_evaluation_is_sharded_and_rank_0_writes_the_tables(lai_root, tmp_path):
     import json
 

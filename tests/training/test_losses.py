@@ -68,3 +68,41 @@ def test_flow_cycle_loss_by_hand_and_its_gradient():
     loss.backward()
     assert o_t.grad[:, :2].abs().sum() > 0 and o_t.grad[:, 2].abs().sum() == 0
     assert o_prev.grad is None and i_prev.grad is None and i_t.grad is None  # detached / fixed target
+
+
+def test_l1_mask_loss_learns_the_median_and_l2_the_mean():
+    from tdms.training.losses import mask_loss
+
+    # one free mask value against a target that is 1 at 70 % of the pixels and 0 elsewhere
+    target = (torch.arange(100.0) < 70).float().view(1, 1, 10, 10)
+    for norm, expected in (("l1", 1.0), ("l2", 0.7)):
+        m = torch.full((1, 1, 1, 1), 0.5, requires_grad=True)
+        opt = torch.optim.SGD([m], lr=0.05)
+        for _ in range(400):
+            opt.zero_grad()
+            mask_loss(m.expand(1, 3, 10, 10), target, norm).backward()
+            opt.step()
+        assert abs(m.item() - expected) < 0.02, (norm, m.item())
+
+
+def test_balanced_mask_loss_weighs_occluded_pixels_as_much_as_the_rest():
+    from tdms.training.losses import mask_loss
+
+    target = torch.ones(1, 1, 10, 10)
+    target.view(-1)[:5] = 0.1  # 5 % occluded
+    occluded = target < 0.5
+    mask = torch.full((1, 3, 10, 10), 0.9)
+    err = (mask - target).abs()
+    assert mask_loss(mask, target, "l1", occluded).item() == pytest.approx(
+        0.5 * err[occluded.expand_as(err)].mean().item() + 0.5 * err[~occluded.expand_as(err)].mean().item())
+    # one kind only: a plain mean, not half of it
+    none = torch.zeros_like(occluded)
+    assert mask_loss(mask, target, "l1", none).item() == pytest.approx(mask_loss(mask, target, "l1").item())
+    assert mask_loss(mask, target, "l2", ~none).item() == pytest.approx(mask_loss(mask, target, "l2").item())
+    # the gradient: the 5 % occluded pixels pull as hard in total as the 95 % visible ones (plain L1: 5 to 95)
+    for occ, share in ((None, 0.05), (occluded, 0.5)):
+        m = mask.clone().requires_grad_()
+        mask_loss(m, target, "l1", occ).backward()
+        g = m.grad.abs()
+        assert g[occluded.expand_as(g)].sum() / g.sum() == pytest.approx(share)
+

@@ -13,7 +13,7 @@ from tdms.training.dataset import ClipDataset, find_clips
 from tdms.training.loop import train
 from tdms.training.step import NonFiniteLoss
 from tdms.weights import read_checkpoint
-from tests.training.test_train import ShiftFlow, config
+from tests.training.common import ShiftFlow, config
 
 PROCESSED = ("train", "processed", "gain", "flicker", "toy")
 
