@@ -65,7 +65,7 @@ def check_target(output, clips: list[Clip], overwrite: bool) -> Path:
     return out
 
 
-def stabilize_iter(original, processed, model=None, method: str = "tdms", device=None, amp: str = "fp32",
+def stabilize_iter(original, processed, model=None, method: str = "tdms", device=None, amp: str = "auto",
                    flow="dis", lam: float = 1.0) -> Iterator:
     """An iterator of the consistent frames O_t, one at a time, each of the processed frames' kind, in [0,1].
 
@@ -79,14 +79,15 @@ def stabilize_iter(original, processed, model=None, method: str = "tdms", device
 
 
 def stabilize(original, processed, model=None, method: str = "tdms", device=None, output=None,
-              overwrite: bool = False, amp: str = "fp32", flow="dis", lam: float = 1.0):
+              overwrite: bool = False, amp: str = "auto", flow="dis", lam: float = 1.0):
     """Make `processed` temporally consistent given the `original` frames it was computed from.
 
     original, processed: clips of equal length and size (numpy (T,H,W,3) uint8 or float in [0,1], torch
     (T,3,H,W), frame folders, video files, or iterables of frames). model: a loaded TDMS-Net, a checkpoint
     path or name, or None for the shipped one. method: tdms, naive, bonneel (flow backend `flow`, weight
     `lam`) or identity. device: where the model runs (None: the model's device, CPU when loading).
-    amp: fp32, bf16 (CUDA, or a CPU with bf16 support) or fp16 (CUDA). Returns the frames, clipped to [0,1],
+    amp: auto (bf16 where the device computes it natively: CUDA, CPUs with AVX512-BF16 or AMX; else fp32), fp32,
+    bf16 or fp16 (CUDA); O_{t-1} and the blend stay in fp32. Returns the frames, clipped to [0,1],
     in processed's kind (numpy/torch of its dtype and device; paths give a float32 numpy array; other iterables
     a list), or with `output` (a folder of PNG frames or a .mp4/.avi path) writes them there and returns the path.
     """

@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -51,3 +52,26 @@ def save_atomic(obj, path) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     write_bytes_atomic(path, buf.getvalue())
+
+
+def json_safe(x, null: bool = False):
+    """Non-finite floats as the strings "nan", "inf", "-inf" (as null with `null`, for reports people read), tuples
+    as lists, so the JSON stays strict."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None if null else str(x)
+    if isinstance(x, dict):
+        return {k: json_safe(v, null) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [json_safe(v, null) for v in x]
+    return x
+
+
+def from_json_safe(x):
+    """The inverse of json_safe: "nan", "inf", "-inf" back to floats."""
+    if isinstance(x, str) and x in ("nan", "inf", "-inf"):
+        return float(x)
+    if isinstance(x, dict):
+        return {k: from_json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [from_json_safe(v) for v in x]
+    return x

@@ -121,7 +121,7 @@ def test_a_folder_or_random_bytes_as_checkpoint_say_so(tmp_path):
 
 def test_uint8_arrays_follow_the_recurrence_exactly(clip, model):
     i8, p8 = u8(clip[0]), u8(clip[1])
-    out = tdms.stabilize(i8, p8, model=model)
+    out = tdms.stabilize(i8, p8, model=model, amp="fp32")
     want = by_hand(model, i8 / 255.0, p8 / 255.0)
     assert out.dtype == np.uint8 and out.shape == (T, H, W, 3)
     assert np.array_equal(out[0], p8[0])
@@ -131,24 +131,25 @@ def test_uint8_arrays_follow_the_recurrence_exactly(clip, model):
 
 def test_float_and_tensor_clips_come_back_in_their_kind(clip, model):
     want = np.clip(by_hand(model, *clip), 0, 1)
-    out64 = tdms.stabilize(clip[0].astype(np.float64), clip[1].astype(np.float64), model=model)
+    out64 = tdms.stabilize(clip[0].astype(np.float64), clip[1].astype(np.float64), model=model, amp="fp32")
     assert out64.dtype == np.float64 and np.allclose(out64, want, atol=1e-5)
     ti, tp = (torch.from_numpy(c).permute(0, 3, 1, 2) for c in clip)
-    out_t = tdms.stabilize(ti, tp, model=model)
+    out_t = tdms.stabilize(ti, tp, model=model, amp="fp32")
     assert out_t.dtype == torch.float32 and out_t.shape == (T, 3, H, W) and not out_t.is_inference()
     assert np.allclose(out_t.permute(0, 2, 3, 1).numpy(), want, atol=1e-5)
-    out_u8 = tdms.stabilize((ti * 255).round().byte(), (tp * 255).round().byte(), model=model)
+    out_u8 = tdms.stabilize((ti * 255).round().byte(), (tp * 255).round().byte(), model=model, amp="fp32")
     assert out_u8.dtype == torch.uint8 and out_u8.shape == (T, 3, H, W)
-    as_list = tdms.stabilize(list(clip[0]), iter(clip[1]), model=model)
+    as_list = tdms.stabilize(list(clip[0]), iter(clip[1]), model=model, amp="fp32")
     assert isinstance(as_list, list) and np.allclose(np.stack(as_list), want, atol=1e-5)
 
 
 def test_paths_in_array_or_files_out(clip, model, tmp_path):
     i8, p8 = u8(clip[0]), u8(clip[1])
     fi, fp = write_video(tmp_path / "I", list(i8 / 255.0)), write_video(tmp_path / "P", list(p8 / 255.0))
-    out = tdms.stabilize(fi, fp, model=model)
-    assert out.dtype == np.float32 and np.allclose(out, tdms.stabilize(i8 / 255.0, p8 / 255.0, model=model), atol=1e-6)
-    folder = tdms.stabilize(str(fi), fp, model=model, output=tmp_path / "O")
+    out = tdms.stabilize(fi, fp, model=model, amp="fp32")
+    same = tdms.stabilize(i8 / 255.0, p8 / 255.0, model=model, amp="fp32")
+    assert out.dtype == np.float32 and np.allclose(out, same, atol=1e-6)
+    folder = tdms.stabilize(str(fi), fp, model=model, amp="fp32", output=tmp_path / "O")
     assert folder == tmp_path / "O" and np.allclose(np.stack(list(FrameSource(folder))), out, atol=0.5 / 255 + 1e-6)
     with pytest.raises(ValueError, match="already exists"):
         tdms.stabilize(fi, fp, model=model, output=folder)
@@ -156,7 +157,7 @@ def test_paths_in_array_or_files_out(clip, model, tmp_path):
     assert np.array_equal(read_frame(folder / "00002.png"), read_frame(fp / "00002.png"))
     with pytest.raises(ValueError, match="is the input itself"):
         tdms.stabilize(fi, fp, model=model, output=fp, overwrite=True)
-    video = tdms.stabilize(i8, p8, model=model, output=tmp_path / "o.mp4")
+    video = tdms.stabilize(i8, p8, model=model, amp="fp32", output=tmp_path / "o.mp4")
     assert len(FrameSource(video)) == T and FrameSource(video).size == (H, W)
 
 
@@ -184,7 +185,7 @@ def test_iter_streams_lazily_and_leaves_autograd_alone(clip, model):
             read.append(k)
             yield f
 
-    frames = tdms.stabilize_iter(clip[0], processed(), model=model)
+    frames = tdms.stabilize_iter(clip[0], processed(), model=model, amp="fp32")
     assert read == [0, 1]  # the call reads two frames (to check T >= 2), no more
     first = next(frames)
     assert np.array_equal(first, clip[1][0]) and read == [0, 1]
@@ -197,7 +198,8 @@ def test_iter_streams_lazily_and_leaves_autograd_alone(clip, model):
 
 def test_iter_with_files_and_a_generator_of_tensors(clip, model, tmp_path):
     fi = write_video(tmp_path / "I", list(clip[0]))
-    frames = list(tdms.stabilize_iter(fi, (torch.from_numpy(f).permute(2, 0, 1) for f in clip[1]), model=model))
+    tensors = (torch.from_numpy(f).permute(2, 0, 1) for f in clip[1])
+    frames = list(tdms.stabilize_iter(fi, tensors, model=model, amp="fp32"))
     assert all(torch.is_tensor(f) and f.shape == (3, H, W) for f in frames)
 
 
@@ -263,7 +265,7 @@ def test_warping_error_with_a_known_flow_is_the_mean_squared_frame_difference(cl
 
 def test_scores_match_tdms_evaluate_on_the_same_frames(clip, model, tmp_path):
     i, p = u8(clip[0]) / 255.0, u8(clip[1]) / 255.0  # 8-bit values: PNG files hold them exactly
-    o = u8(tdms.stabilize(i, p, model=model)) / 255.0
+    o = u8(tdms.stabilize(i, p, model=model, amp="fp32")) / 255.0
     folders = [write_video(tmp_path / name, list(c)) for name, c in (("I", i), ("O", o), ("P", p))]
     ref = evaluate_video(FlowCache(tmp_path / "cache", build_flow("dis")), *folders, progress=False)
     got = tdms.scores(o, i, p)
@@ -278,6 +280,38 @@ def test_scores_match_tdms_evaluate_on_the_same_frames(clip, model, tmp_path):
         tdms.scores(o, i, lpips=object())
 
 
+def test_an_api_output_on_a_full_disk_or_a_read_only_folder(clip, tmp_path, monkeypatch):
+    """stabilize(output=...) shares tdms-test's writer: one-line errors, the earlier output left as it was."""
+    import errno
+    import os
+    import tempfile
+
+    from tdms.frames import io, outputs
+
+    out = tmp_path / "O"
+    tdms.stabilize(*clip, method="identity", output=out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as m:
+        m.setattr(io, "write_bytes_atomic", full)
+        with pytest.raises(ValueError, match=r"^no space left on device: .*\.O\.partial/00000\.png"):
+            tdms.stabilize(*clip, method="identity", output=out, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+    def refused(*args, dir=None, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    with monkeypatch.context() as m:
+        m.setattr(tempfile, "mkstemp", refused)
+        with pytest.raises(ValueError, match=f"cannot write in {tmp_path}: Permission denied"):
+            tdms.stabilize(*clip, method="identity", output=tmp_path / "new")
+    assert not (tmp_path / "new").exists() and outputs.read_marker(out)["frames"] == len(clip[0])
+
+
 # --- torch.hub ----------------------------------------------------------------------------------------------
 
 
@@ -285,8 +319,7 @@ def test_torch_hub_loads_from_the_local_clone(ckpt, clip):
     m = torch.hub.load(str(REPO), "tdms", source="local", checkpoint=str(ckpt))
     assert isinstance(m, TDMSNet) and not m.training
     assert torch.equal(m.conv1b.conv2d.weight, torch.load(ckpt)["model"]["conv1b.conv2d.weight"])
-    assert np.allclose(tdms.stabilize(*clip, model=m), np.clip(by_hand(m, *clip), 0, 1), atol=1e-5)
-
+    assert np.allclose(tdms.stabilize(*clip, model=m, amp="fp32"), np.clip(by_hand(m, *clip), 0, 1), atol=1e-5)
 
 
 @pytest.mark.cuda
@@ -294,8 +327,8 @@ def test_torch_hub_loads_from_the_local_clone(ckpt, clip):
 def test_cuda_tensors_stay_on_the_gpu(ckpt, clip):
     m = tdms.load_model(ckpt, device="cuda")
     ti, tp = (torch.from_numpy(c).permute(0, 3, 1, 2).cuda() for c in clip)
-    out = tdms.stabilize(ti, tp, model=m)
+    out = tdms.stabilize(ti, tp, model=m, amp="fp32")
     assert out.is_cuda and out.dtype == torch.float32
-    assert np.allclose(out.permute(0, 2, 3, 1).cpu().numpy(), tdms.stabilize(*clip, model=ckpt), atol=1e-4)
+    assert np.allclose(out.permute(0, 2, 3, 1).cpu().numpy(), tdms.stabilize(*clip, model=ckpt, amp="fp32"), atol=1e-4)
     half = tdms.stabilize(ti, tp, model=m, amp="bf16")
     assert (half - out).abs().max() < 0.05

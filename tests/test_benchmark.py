@@ -9,8 +9,11 @@ import pytest
 import torch
 import torch.nn as nn
 from benchmark import main
-from measure import conv_macs, flows_on_crops, make_clip, naive_frames_on_disk, peak_matmul_gflops
+from kernels import conv_macs, peak_matmul_gflops
+from measure import make_clip, naive_frames_on_disk
+from training_rate import flows_on_crops
 
+from tdms.config import auto_dtype, cpu_info
 from tdms.frames.io import read_frame
 from tdms.nets.layers import UpsampleConvLayer
 from tdms.nets.tdms_net import TDMSNet
@@ -29,10 +32,12 @@ def positive(x) -> bool:
     return isinstance(x, float) and math.isfinite(x) and x > 0
 
 
+@pytest.mark.slow
 def test_json_has_every_key_with_sane_values(tmp_path, capsys):
     out = tmp_path / "b.json"
     assert main(["--sizes", "44x36", "32x24", "--frames", "1", "--batch-videos", "2", "--train-steps", "1",
-                 "--train-crop", "32", "--device", "cpu", "--json", str(out), "--plot", str(tmp_path / "b.png")]) == 0
+                 "--train-crop", "32", "--device", "cpu", "--json", str(out), "--plot", str(tmp_path / "b.png"),
+                 "--profile"]) == 0
     r = json.loads(out.read_text())
     assert [(s["width"], s["height"]) for s in r["sizes"]] == [(44, 36), (32, 24)]
     for s in r["sizes"]:
@@ -49,6 +54,13 @@ def test_json_has_every_key_with_sane_values(tmp_path, capsys):
         assert s["fp32_fraction_of_peak"] == pytest.approx(s["fp32_achieved_gflops"] / s["fp32_peak_gflops"])
         assert s["batched_videos"] == 2 and s["frames"] == 1
         assert set(s["output_layers"]) == {"deconv3", "deconv3_w", "deconv3_f"}
+        # the first row is tdms-test without flags; the conv rate stands next to the matmul peak
+        assert positive(s["default_fps"]) and 0 <= s["sys_time_fraction"] < 1
+        assert s["default_dtype"] == auto_dtype("cpu") and s["default_channels_last"] is True
+        assert positive(s["conv_gflops"]) and s["fraction_of_conv"] == pytest.approx(s["achieved_gflops"]
+                                                                                     / s["conv_gflops"])
+        assert s["profile"] and all(e["ms"] >= 0 and 0 <= e["share"] <= 1 for e in s["profile"])
+        assert any("conv" in e["op"] for e in s["profile"])
         for layer in s["output_layers"].values():
             for key in ("plain_forward_ms", "columns_forward_ms", "plain_forward_backward_ms",
                         "columns_forward_backward_ms"):
@@ -58,6 +70,7 @@ def test_json_has_every_key_with_sane_values(tmp_path, capsys):
     for key in PER_SIZE:
         assert r[key] == r["sizes"][0][key]
     assert r["device"].startswith("cpu") and r["torch"] == torch.__version__
+    assert r["cpu"] == cpu_info()
     for key in TRAIN:
         assert positive(r[key]), (key, r[key])
     assert r["train_samples_per_s_cached"] == pytest.approx(2 * r["train_steps_per_s_cached"])
@@ -73,6 +86,8 @@ def test_json_has_every_key_with_sane_values(tmp_path, capsys):
     assert picture is not None and picture.shape[0] >= 300 and picture.std() > 0  # a drawn chart, not a blank
     table = capsys.readouterr().out
     assert "44×36" in table and "naive (fp32 NCHW, JPEG each step)" in table and "cached" in table
+    assert table.index("tdms-test, no flags") < table.index("forward fp32") and "self CPU time per op" in table
+    assert cpu_info()["model"] in table
 
 
 def test_bad_sizes_are_usage_errors():

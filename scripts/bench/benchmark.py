@@ -55,6 +55,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--train-flow", default="dis", help="flow backend of the training figures")
     p.add_argument("--train-flow-checkpoint", default="",
                    help="weights of a network --train-flow (default: torch's hub cache)")
+    p.add_argument("--profile", action="store_true", help="also print a torch.profiler table of one forward")
     p.add_argument("--json", help="also write the figures here")
     p.add_argument("--plot", help="also draw the frames/s as bars per size into this PNG")
     return p
@@ -62,13 +63,19 @@ def parser() -> argparse.ArgumentParser:
 
 def table(r: dict) -> str:
     sizes = r["sizes"]
-    lines = [f"device {r['device']}, torch {r['torch']}, mkldnn {'on' if r['mkldnn'] else 'off'}; "
-             f"{r['frames']} timed frames per figure"]
+    cpu = r["cpu"]
+    isa = ", ".join(k for k in ("avx512_bf16", "amx_bf16") if cpu[k]) or "no bf16 instructions"
+    lines = [f"device {r['device']}, CPU {cpu['model']} ({isa}), torch {r['torch']}, "
+             f"mkldnn {'on' if r['mkldnn'] else 'off'}; {r['frames']} timed frames per figure"]
 
     def row(name, fmt, values):
         lines.append(f"  {name:<40}" + "".join(f"{fmt(v):>14}" for v in values))
 
     row("", str, [f"{s['width']}×{s['height']}" for s in sizes])
+    row("tdms-test, no flags (frames/s)", "{:.3f}".format, [s["default_fps"] for s in sizes])
+    row("  its precision, layout", str, [s["default_dtype"] + (" NHWC" if s["default_channels_last"] else " NCHW")
+                                         for s in sizes])
+    row("  its system time / CPU time", "{:.3f}".format, [s["sys_time_fraction"] for s in sizes])
     row("GMAC per frame", "{:.1f}".format, [s["gmac_per_frame"] for s in sizes])
     for name in sizes[0]["forward_variants"]:
         row(f"forward {name} (frames/s)", "{:.3f}".format, [s["forward_variants"][name] for s in sizes])
@@ -83,6 +90,9 @@ def table(r: dict) -> str:
     row("achieved GFLOP/s", "{:.1f}".format, [s["achieved_gflops"] for s in sizes])
     row("matmul peak GFLOP/s (same dtype)", "{:.1f}".format, [s["peak_gflops"] for s in sizes])
     row("fraction of peak", "{:.2f}".format, [s["fraction_of_peak"] for s in sizes])
+    row("128-ch 3×3 conv GFLOP/s (same dtype)", "{:.1f}".format, [s["conv_gflops"] for s in sizes])
+    row("forward / that conv rate", "{:.2f}".format, [s["fraction_of_conv"] for s in sizes])
+    row("fp32 NHWC forward / fp32 conv rate", "{:.2f}".format, [s["fp32_fraction_of_conv"] for s in sizes])
     row("fp32 NHWC forward / fp32 matmul peak", "{:.2f}".format, [s["fp32_fraction_of_peak"] for s in sizes])
     row("peak memory (MB)", "{:.0f}".format, [s["peak_memory_mb"] for s in sizes])
     for what, label in (("forward", "fwd"), ("forward_backward", "fwd+bwd")):  # the 3 layers summed
@@ -99,6 +109,10 @@ def table(r: dict) -> str:
                      f"(flow {r['train_flow_s_per_step']:.3f} s a step), "
                      f"ratio {r['train_cached_over_on_the_fly']:.2f}, "
                      f"peak memory {r['train_peak_memory_mb']:.0f} MB")
+    for s in sizes:
+        if "profile" in s:
+            lines.append(f"one forward at {s['width']}×{s['height']} in {s['dtype']}, self CPU time per op:")
+            lines += [f"  {e['op']:<36}{e['ms']:>9.1f} ms{e['share']:>7.0%}{e['calls']:>6} calls" for e in s["profile"]]
     for t in r["targets"]:
         lines.append(f"target {t['key']} >= {t['goal']}: {t['value']:.2f} {'met' if t['met'] else 'NOT met'}")
     return "\n".join(lines)
@@ -131,7 +145,7 @@ def main(argv=None) -> int:
                     args.channels_last, args.compile, graph, args.batch_videos or (8 if cuda else 2),
                     args.train_crop, args.train_steps, args.train_flow,
                     log=lambda m: print(f"benchmark: {m}", file=sys.stderr, flush=True),
-                    train_flow_checkpoint=args.train_flow_checkpoint)
+                    train_flow_checkpoint=args.train_flow_checkpoint, profile=args.profile)
         print(table(r))
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)

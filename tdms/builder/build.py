@@ -115,10 +115,14 @@ def write_video(folder: Path, frames: Iterable[np.ndarray]) -> None:
     tmp = folder.parent / f".tmp-{folder.name}"
     shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
     tmp.mkdir(parents=True)
-    for t, frame in enumerate(frames):
-        if not np.isfinite(frame).all():
-            raise UserError(f"{folder}: frame {t} has non-finite values")
-        write_frame(tmp / f"{t:05d}.png", frame)
+    try:
+        for t, frame in enumerate(frames):
+            if not np.isfinite(frame).all():
+                raise UserError(f"{folder}: frame {t} has non-finite values")
+            write_frame(tmp / f"{t:05d}.png", frame)
+    except BaseException:  # an error, Ctrl-C or SIGTERM: no half video stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from tdms.builder.build import Settings, build, build_demo
+from tdms.commands import interrupted_code, stop_on_sigterm
 from tdms.errors import UserError
 
 EXAMPLES = """examples:
@@ -39,6 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    stop_on_sigterm()
     args = parse_args(argv)
     start = time.time()
     try:
@@ -57,6 +59,10 @@ def main(argv=None) -> int:
     except UserError as err:
         print(f"tdms-build-data: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: the videos written stay, the one in progress does not
+        print(f"tdms-build-data: interrupted: the videos finished are kept in {args.demo or args.out}; run the same "
+              f"command again to complete it", file=sys.stderr)
+        return interrupted_code(err)
     print(f"done in {time.time() - start:.0f} s")
     return 0
 

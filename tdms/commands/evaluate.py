@@ -7,44 +7,50 @@ Examples:
     tdms-evaluate --config configs/eval_builder_test.yaml --jobs 2 --set run.out=eval/try lpips.net=squeeze
     tdms-evaluate --data-dir data --results tdms=outputs/tdms naive=outputs/naive --out eval/ --jobs 2
 
-One video: OUT/metrics.json (and OUT/warping_error.png). Batch: OUT/<method>/videos/... (one JSON per
-video, reused by a rerun), OUT/videos.csv, OUT/tables.md, OUT/metrics.json, OUT/plots/ and OUT/videos/.
+One video: OUT/metrics.json, OUT/warping_error.png and, with --processed, OUT/tradeoff.png. Batch:
+OUT/<method>/videos/... (one JSON per video, reused by a rerun), OUT/videos.csv, OUT/tables.md, OUT/metrics.json,
+OUT/plots/ (tradeoff_<dataset>[_<task>].png among them) and OUT/videos/. With the processed video, the naive
+blend O_t = (1-a) P_t + a warp(O_{t-1}) at a = 0.1 .. 0.9 is scored too, from the cached flows, and each method's
+margin is its PSNR(O, P) minus the blend curve's PSNR at its own D_t (none outside the curve's D_t range).
 OUT must be new, empty, or a folder tdms-evaluate wrote (it marks them with a hidden .tdms-evaluate file).
 Flows are computed on the input frames once and cached (default: OUT/flow_cache for one video,
 DATA/cache/flow in batch mode). LPIPS needs torchvision's backbone file ($TORCH_HOME/hub/checkpoints/,
 e.g. alexnet-owt-7be5be79.pth) or --lpips-weights; without it LPIPS and the composite are null, with the
 reason. Tracking IoU starts from the DAVIS annotation box (DATA/Annotations/480p/<video>/) when there is
-one, else from --box, else from the largest region moving against the camera in the first frames
-(the centre half of the frame if there is none); the reference is then the same tracker on the input.
+one, else from --box, else from several boxes chosen on the original frames (the region moving against the
+camera, then corner-rich squares), kept where the tracker is stable on the input; the reference is the same
+tracker on the input, and tracking_iou is the median of the kept boxes' mean IoUs (null with a note when none).
 """
 
 import argparse
 import json
 import math
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 import yaml
 
 from tdms import distributed
-from tdms.config import EvalConfig, load_config, set_threads
+from tdms.commands import interrupted_code, stop_on_sigterm
+from tdms.config import EvalConfig, check_device, load_config, set_threads
 from tdms.errors import MissingFile, UserError
-from tdms.evaluation.batch import PROCESSED, plan, run
+from tdms.evaluation.batch import DEFAULT_PROTOCOL, PROCESSED, plan, run
 from tdms.evaluation.lpips import NETS, load_lpips
-from tdms.evaluation.plots import comparison_videos, error_plots, plot_series, task_bars
-from tdms.evaluation.report import TABLES, jsonable_summary, markdown, notes, summarise, table_markdown, videos_csv
+from tdms.evaluation.plots import comparison_videos, error_plots, plot_series, task_bars, tradeoff_chart, tradeoff_plots
+from tdms.evaluation.report import jsonable_summary, key_tables, markdown, notes, summarise, videos_csv
 from tdms.evaluation.tracking import TRACKERS, check_box, parse_box
+from tdms.evaluation.tradeoff import blend_curve, curve_text, set_margin
 from tdms.evaluation.video import Options, Tracking, evaluate_video
-from tdms.files import write_bytes_atomic
+from tdms.files import json_safe, write_bytes_atomic
 from tdms.flow import BACKENDS, build_flow
 from tdms.flow.cache import FlowCache
 from tdms.frames.io import FrameSource
-from tdms.frames.outputs import claim_folder, write_record
+from tdms.frames.outputs import claim_folder, read_marker, write_record
 
-SINGLE_COLUMNS = ("n_frames", "warping_error_processed", "warping_error", "relative_reduction", "psnr", "ssim",
-                  "lpips", "tracking_iou", "composite")
+SINGLE_COLUMNS = ("protocol", "n_frames", "warping_error_processed", "warping_error", "relative_reduction", "psnr",
+                  "margin", "ssim", "lpips", "tracking_iou", "composite")
 MARKER = ".tdms-evaluate"  # marks a folder tdms-evaluate wrote, the only non-empty kind it writes into
 RUN_MINIMUMS = {"jobs": 1, "threads": 0, "videos": 0}  # of --jobs, --threads, --videos and run.*
 
@@ -96,19 +102,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def jsonable(x):
-    """Replace NaN/inf by None so the file is strict JSON."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [jsonable(v) for v in x]
-    return x
-
-
 def write_json(path: Path, obj) -> None:
-    write_bytes_atomic(path, (json.dumps(jsonable(obj), indent=1) + "\n").encode())
+    write_bytes_atomic(path, (json.dumps(json_safe(obj, null=True), indent=1) + "\n").encode())
 
 
 def fmt(value) -> str:
@@ -125,24 +120,21 @@ def check_out(out: Path, folders) -> None:
             raise UserError(f"--out {out} is inside {folder}, which is being evaluated; pick another folder")
 
 
-def claim_out(out: Path) -> None:
-    """Make out ours to write: a new or empty folder, or one with our marker; a folder of other files is refused."""
+@contextmanager
+def claimed(out: Path):
+    """Make out ours to write for the body: a new or empty folder, or one with our marker (a folder of other files
+    is refused). A folder made here that still holds only the marker when the body fails (an input refused, an
+    interruption) is removed again."""
+    new = not out.exists()
     claim_folder(out, MARKER, "tdms-evaluate")
     write_record(out / MARKER, {"written_by": "tdms-evaluate", "note": "it rewrites its reports here on a rerun"})
-
-
-def check_device(name: str, option: str) -> None:
-    """A device torch cannot use here fails now, before any work, naming it."""
     try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise UserError(f"{option} {name}: not a torch device ({err})") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (device.index or 0) >= count:
-            raise UserError(f"{option} {name}: this machine has {count} usable CUDA device(s)")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"{option} {name}: MPS is not available on this machine")
+        yield
+    except BaseException:
+        if new and [p.name for p in out.iterdir()] == [MARKER]:
+            (out / MARKER).unlink()
+            out.rmdir()
+        raise
 
 
 def lpips_option(cfg: EvalConfig) -> tuple[object, str]:
@@ -159,7 +151,12 @@ def run_single(args, cfg: EvalConfig, out: Path) -> None:
     (results,) = args.results
     sources = [args.input, results] + ([args.processed] if args.processed else [])
     check_out(out, sources)
-    claim_out(out)
+    with claimed(out):
+        evaluate_single(args, cfg, out, results)
+
+
+def evaluate_single(args, cfg: EvalConfig, out: Path, results: str) -> None:
+    """One video's metrics, margin and pictures into out (claimed), and its table on stdout."""
     backend = build_flow(cfg.flow.backend, cfg.flow.preset, cfg.flow.device, cfg.flow.checkpoint)
     cache = FlowCache(cfg.flow.cache or out / "flow_cache", backend)
     box = parse_box(args.box) if args.box else None
@@ -171,9 +168,13 @@ def run_single(args, cfg: EvalConfig, out: Path) -> None:
     tracking = None if not cfg.tracking.enabled else Tracking(
         cfg.tracking.tracker, box, Path(args.annotations) if args.annotations else None, args.object_id)
     metrics = evaluate_video(cache, args.input, results, args.processed, Options(model, note, tracking, cfg.run.resize))
-    metrics.update(input=args.input, results=results, processed=args.processed)
+    metrics.update(input=args.input, results=results, processed=args.processed,
+                   protocol=read_marker(Path(results)).get("protocol", DEFAULT_PROTOCOL))
     if not args.processed:
-        metrics.update(composite=None, composite_note="needs --processed (D_t and LPIPS are measured against P)")
+        metrics.update(composite=None, composite_note="needs --processed (D_t and LPIPS are measured against P)",
+                       margin=None, margin_note="needs --processed (the naive blend is made from P)")
+    else:
+        add_margin(metrics, blend_curve(cache, args.input, args.processed, cfg.run.resize, progress=True), out)
     write_json(out / "metrics.json", metrics)
     curves = {"result": metrics["per_frame"]["warping_error"]}
     if args.processed:
@@ -182,9 +183,20 @@ def run_single(args, cfg: EvalConfig, out: Path) -> None:
     columns = [k for k in SINGLE_COLUMNS if k in metrics]
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
     print("| " + " | ".join(fmt(metrics[k]) for k in columns) + " |")
-    for key in ("relative_reduction_note", "lpips_note", "tracking_note", "composite_note"):
+    if args.processed:
+        print("naive blend curve (a: D_t / PSNR dB): " + ", ".join(curve_text(metrics["blend_curve"])))
+    for key in ("relative_reduction_note", "margin_note", "lpips_note", "tracking_note", "composite_note"):
         if metrics.get(key):
             print(f"note: {key[:-5]}: {metrics[key]}")
+
+
+def add_margin(metrics: dict, curve: dict, out: Path) -> None:
+    """Set one video's margin above the blend curve (tradeoff.set_margin) and draw its chart: out/tradeoff.png."""
+    set_margin(metrics, curve)
+    name = "result" + (f" (margin {metrics['margin']:+.2f} dB)" if metrics["margin"] is not None else "")
+    point = (metrics.get("relative_reduction"), metrics.get("psnr"))
+    lpips = {name: (point[0], metrics["lpips"])} if metrics.get("lpips") is not None else None
+    tradeoff_chart({name: point}, curve, out / "tradeoff.png", f"trade-off ({metrics['flow']})", lpips)
 
 
 # The flags that set a config key, by argparse name; each becomes an override `key=value`, as --set takes them.
@@ -239,7 +251,12 @@ def settings(args, batch: bool) -> EvalConfig:
 def run_batch(cfg: EvalConfig) -> None:
     out = Path(cfg.run.out)
     check_out(out, [Path(cfg.data.root) / cfg.data.phase, *cfg.methods.values()])
-    claim_out(out)
+    with claimed(out):
+        evaluate_batch(cfg, out)
+
+
+def evaluate_batch(cfg: EvalConfig, out: Path) -> None:
+    """Every job of the config (this rank's share under torchrun), then the reports into out (claimed)."""
     world = distributed.init("cpu")  # under torchrun: each process scores its share of the videos
     try:
         rows, info = run(cfg, world=world)
@@ -264,8 +281,9 @@ def run_batch(cfg: EvalConfig) -> None:
     write_bytes_atomic(out / "tables.md", text.encode())
     error_plots(rows, PROCESSED, out / "plots" / "warping_error")
     task_bars(summary["tables"]["relative_reduction"], methods, out / "plots" / "bars")
+    tradeoff_plots(summary, methods, out / "plots")
     comparison_videos(rows, plan(cfg), methods, PROCESSED, out / "videos", cfg.run.videos)
-    print("\n".join(table_markdown(summary, metric, heading) for metric, heading in TABLES[:3]))  # the paper's
+    print(key_tables(summary))
     skipped = [r for r in rows if r["status"] != "ok"]
     for r in skipped:
         print(f"{r['status']}: {r['method']} {r['task']}/{r['dataset']}/{r['video']}: {r['note']}", file=sys.stderr)
@@ -276,6 +294,7 @@ def run_batch(cfg: EvalConfig) -> None:
 
 
 def main(argv=None) -> int:
+    stop_on_sigterm()
     p = parser()
     args = p.parse_args(argv)
     batch = bool(args.config or args.data_dir)
@@ -315,6 +334,9 @@ def main(argv=None) -> int:
     except UserError as err:
         print(f"tdms-evaluate: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: the per-video results stored so far are kept
+        print("tdms-evaluate: interrupted", file=sys.stderr)
+        return interrupted_code(err)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,12 @@
 
 Examples:
     tdms-test --input I --processed P --output O                  # shipped checkpoint, frame folders or videos
-    tdms-test --input in.mp4 --processed p.mp4 --output o.mp4 --device cuda --dtype bf16
+    tdms-test --input in.mp4 --processed p.mp4 --output o.mp4 --device cuda   # bf16 where native (--dtype auto)
+    tdms-test --input I --processed P --output O --checkpoint model_pf_epoch_65.pth --protocol original
     tdms-test --method naive --input I --processed P --output O   # baselines: naive, bonneel, identity
     tdms-test --method bonneel --lambda 1.0 --input I --processed P --output O
     tdms-test --data-dir data --phase test --output outputs/tdms  # Lai et al.'s layout, datasets × tasks
-    tdms-test --data-dir data --output outputs/tdms --batch-videos 8 --device cuda --dtype bf16 --channels-last
+    tdms-test --data-dir data --output outputs/tdms --batch-videos 8 --device cuda
     tdms-test --config run.yaml method=naive output=outputs/naive  # settings from YAML, key=value over them
     torchrun --nproc-per-node 8 $(which tdms-test) --data-dir data --output outputs/tdms   # videos split over GPUs
 
@@ -20,27 +21,36 @@ import dataclasses
 import math
 import sys
 import time
+from bisect import bisect_right
+from itertools import chain, groupby, islice
 from pathlib import Path
 
 import torch
 
 from tdms import distributed
 from tdms.api import checkpoint_path
+from tdms.commands import interrupted_code, stop_on_sigterm
 from tdms.config import InferenceConfig, load_config, pick_device
 from tdms.errors import UserError
-from tdms.frames.io import is_video, open_pair, prefetch, resized
+from tdms.frames.arrays import NEED_TWO
+from tdms.frames.io import cuts, frame_number, is_video, open_pair, prefetch, read_frame, resized, size_text
 from tdms.frames.layout import entries, tasks_file
 from tdms.frames.outputs import (
     check_output,
     check_replaceable,
+    check_writable,
     input_identity,
     is_complete,
+    partial_path,
     prepare_output,
     process_video,
+    resume_point,
 )
 from tdms.inference.across_videos import Target, Video, batched_frames, group_by_size, write_outputs
 from tdms.inference.fast import AMP
 from tdms.inference.methods import METHODS, Method, make_method
+from tdms.inference.original import PROTOCOLS
+from tdms.nets.build import load_model
 
 
 def parser() -> argparse.ArgumentParser:
@@ -59,11 +69,14 @@ def parser() -> argparse.ArgumentParser:
                    help="a name in checkpoints/ (default tdms_offline, the shipped one), a tdms checkpoint file, "
                         "or the authors' model_pf_epoch_65.pth")
     p.add_argument("--device", help="auto (default) | cpu | cuda")
-    p.add_argument("--dtype", choices=list(AMP),
-                   help="fp32 (default); bf16/fp16 network heads, O kept in fp32 (fp16: CUDA only; bf16 on CPU pays "
-                        "off with AVX512-BF16/AMX)")
-    p.add_argument("--channels-last", action="store_true", default=None,
-                   help="NHWC memory layout (faster convs on CPU and GPU)")
+    p.add_argument("--dtype", choices=["auto", *AMP],
+                   help="auto (default): bf16 where the device computes it natively (CUDA; CPUs with AVX512-BF16 or "
+                        "AMX), else fp32; bf16/fp16 run the network heads, O is kept in fp32 (fp16: CUDA only)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory layout (default on: faster convs on CPU and GPU)")
+    p.add_argument("--protocol", choices=PROTOCOLS,
+                   help="tdms (default) or original: the original test scripts' loop (resize to multiples of 4, "
+                        "O_{t-1} fed back as the JPEG they wrote), to regenerate published outputs")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the network (slow first frame)")
     p.add_argument("--cuda-graph", action="store_true", default=None,
                    help="replay a captured CUDA graph per frame size (CUDA)")
@@ -103,8 +116,13 @@ def check_settings(p: argparse.ArgumentParser, cfg: InferenceConfig) -> None:
         p.error("give --input and --processed, or --data-dir for dataset mode")
     if cfg.method not in METHODS:
         p.error(f"--method: unknown method {cfg.method!r}; choose from {list(METHODS)}")
-    if cfg.dtype not in AMP:
-        p.error(f"--dtype: unknown dtype {cfg.dtype!r}; choose from {list(AMP)}")
+    if cfg.dtype != "auto" and cfg.dtype not in AMP:
+        p.error(f"--dtype: unknown dtype {cfg.dtype!r}; choose from {['auto', *AMP]}")
+    if cfg.protocol not in PROTOCOLS:
+        p.error(f"--protocol: unknown protocol {cfg.protocol!r}; choose from {list(PROTOCOLS)}")
+    if cfg.protocol == "original" and (cfg.method != "tdms" or cfg.batch_videos > 1 or cfg.compile or cfg.cuda_graph):
+        p.error("--protocol original is the original scripts' loop of a network, one video and one frame at a "
+                "time in fp32: it takes --method tdms, without --batch-videos, --compile or --cuda-graph")
     if cfg.batch_videos < 1:
         p.error(f"--batch-videos must be >= 1, got {cfg.batch_videos}")
     if cfg.batch_videos > 1 and not (cfg.data_dir and cfg.method == "tdms"):
@@ -134,51 +152,114 @@ def output_format(cfg: InferenceConfig) -> str:
     return ext if quality is None else f"{ext} q{quality}"
 
 
-def method_of(cfg: InferenceConfig, device: torch.device) -> Method:
-    """The method with its options; its record (kept in each marker) also names the output format."""
+# which settings each method reads (the others are said to be unused when given)
+USED_BY = {"checkpoint": ("tdms",), "dtype": ("tdms",), "channels_last": ("tdms",), "compile": ("tdms",),
+           "cuda_graph": ("tdms",), "flow": ("naive", "bonneel"), "lam": ("bonneel",)}
+
+
+def unused_settings(cfg: InferenceConfig) -> list[str]:
+    """The flags set away from their defaults that cfg.method does not read, by flag name."""
+    default = InferenceConfig()
+    return [("--lambda" if key == "lam" else f"--{key.replace('_', '-')}") for key, methods in USED_BY.items()
+            if cfg.method not in methods and getattr(cfg, key) != getattr(default, key)]
+
+
+def method_of(cfg: InferenceConfig, device: torch.device) -> tuple[Method, bool]:
+    """The method with its options (its record, kept in each marker, also names the output format), and whether a
+    killed run's frames may be resumed: the recurrence then restarts from the last O written, which only a
+    lossless format keeps, and which a network with recurrent state (Lai et al.'s) or the original protocol (O fed
+    back as JPEG) would not continue exactly."""
     checkpoint = checkpoint_path(cfg.checkpoint) if cfg.method == "tdms" else None
-    method = make_method(cfg.method, device, checkpoint=checkpoint, amp=cfg.dtype, channels_last=cfg.channels_last,
-                         compile=cfg.compile, cuda_graph=cfg.cuda_graph, flow=cfg.flow, lam=cfg.lam, verbose=True)
+    model = load_model(checkpoint, device, verbose=True) if checkpoint else None
+    method = make_method(cfg.method, device, model=model, checkpoint=checkpoint, amp=cfg.dtype,
+                         channels_last=cfg.channels_last, compile=cfg.compile, cuda_graph=cfg.cuda_graph,
+                         flow=cfg.flow, lam=cfg.lam, verbose=True, protocol=cfg.protocol, keep_memory=True)
     method.made_by["format"] = output_format(cfg)
-    return method
+    resumable = (output_format(cfg) == ".png" and cfg.protocol == "tdms" and not getattr(model, "recurrent", False))
+    return method, resumable
 
 
-def run_one(method: Method, input_path, processed_path, out: Path, cfg: InferenceConfig, desc="") -> dict | None:
-    """Write one video's output; its record (meta), or None when a complete one is there (and no redo)."""
+def restarted(frames, pairs, starts: list[int], first: int = 0, o_last=None):
+    """O_t for t = first.. from frames(pairs) (a method's recurrence), restarted (O_t = P_t) at each t of `starts`.
+
+    With o_last, the O of frame first-1 read back, pairs begin at frame first-1 and the recurrence continues from
+    o_last: it goes in as that frame's P, which every method returns as it is (O_0 = P_0), and is not yielded.
+    Closing this generator closes `pairs` (and so stops their decoding thread)."""
+    t0 = first - 1 if o_last is not None else first
+
+    def numbered():
+        for t, (i_t, p_t) in enumerate(pairs, t0):
+            yield t, (i_t, o_last if t < first else p_t)
+
+    pieces = groupby(numbered(), key=lambda item: bisect_right(starts, item[0]))  # one group per shot
+    outs = chain.from_iterable(frames(pair for _, pair in piece) for _, piece in pieces)
+    try:
+        yield from islice(outs, 1 if o_last is not None else 0, None)
+    finally:
+        pairs.close()
+
+
+def opened(input_path, processed_path, cfg: InferenceConfig):
+    """I and P opened and checked (open_pair); one frame is refused as by the API (T >= 2)."""
     src_i, src_p = open_pair(input_path, processed_path, cfg.resize_processed)
-    meta = {**method.made_by, **input_identity(src_i, src_p)}
-    if is_complete(out, len(src_i), meta) and not cfg.redo:
+    if len(src_i) < 2:
+        raise UserError(f"{src_i.path}: 1 frame; {NEED_TWO}")
+    return src_i, src_p
+
+
+def run_one(method: Method, resumable: bool, input_path, processed_path, out: Path, cfg: InferenceConfig,
+            desc="") -> dict | None:
+    """Write one video's output; its record (meta), or None when a complete one is there (and no redo). Output
+    frames take the input's numbers; a jump in them is a cut; a killed run of the same maker is resumed."""
+    src_i, src_p = opened(input_path, processed_path, cfg)
+    n, meta = len(src_i), {**method.made_by, **input_identity(src_i, src_p)}
+    if is_complete(out, n, meta) and not cfg.redo:
         return None
     prepare_output(out, [src_i.path, src_p.path], cfg.redo)
+    numbers = [frame_number(f) for f in src_i.paths] if src_i.paths else list(range(n))
+    ext, quality = frame_format(cfg)
+    names = [f"{k:05d}{ext}" for k in numbers]
     if not cfg.data_dir:
-        print(f"  {len(src_i)} frames of {src_i.size[1]}×{src_i.size[0]} from {src_i.path} and {src_p.path}")
-    pairs = prefetch(zip(src_i, resized(src_p, src_i.size), strict=True))
-    return process_video(method.frames(pairs), out, len(src_i), src_p.fps, meta, *frame_format(cfg), desc)
+        print(f"  {n} frames of {size_text(src_i.size)} from {src_i.path} and {src_p.path}")
+    starts = cuts(src_i)
+    for t in starts:
+        print(f"  {out.name}: frames {names[t - 1]} to {names[t]}: the frame numbers jump, processed as a cut "
+              f"(the recurrence restarts there: O = P)")
+    k = resume_point(out, meta, names) if resumable and not is_video(out) else 0
+    o_last = read_frame(partial_path(out) / names[k - 1]) if k else None
+    if k:
+        print(f"  {out.name}: resuming an interrupted run after {names[k - 1]} ({k} of {n} frames kept)")
+    pairs = prefetch(islice(zip(src_i, resized(src_p, src_i.size), strict=True), k - 1 if k else 0, None))
+    frames = restarted(method.frames, pairs, starts, k, o_last)
+    return process_video(frames, out, n, src_p.fps, meta, ext, quality, desc, numbers, k)
 
 
-def run_each(method: Method, jobs, cfg: InferenceConfig):
+def run_each(method: Method, resumable: bool, jobs, cfg: InferenceConfig):
     """One video at a time: yields (name, meta) as videos complete, or (name, None) if skipped."""
     for k, (i, p, o, name) in enumerate(jobs, 1):
-        yield name, run_one(method, i, p, o, cfg, desc=f"[{k}/{len(jobs)}] {name}")
+        yield name, run_one(method, resumable, i, p, o, cfg, desc=f"[{k}/{len(jobs)}] {name}")
 
 
 def run_batched(method: Method, jobs, cfg: InferenceConfig, device):
     """Dataset mode, several videos a batch: yields (name, meta) as videos complete, or (name, None) if skipped."""
     videos, targets = [], []
     for i, p, o, name in jobs:
-        src_i, src_p = open_pair(i, p, cfg.resize_processed)
+        src_i, src_p = opened(i, p, cfg)
         meta = {**method.made_by, **input_identity(src_i, src_p)}
         if is_complete(o, len(src_i), meta) and not cfg.redo:
             yield name, None
             continue
         prepare_output(o, [src_i.path, src_p.path], cfg.redo)
+        if starts := cuts(src_i):
+            raise UserError(f"{src_i.path}: the frame numbers jump before {src_i.paths[starts[0]].name} (a cut); "
+                             f"--batch-videos does not restart the recurrence within a video: run it without")
         # each video decodes in its own thread, started when the video joins a batch
         videos.append(Video(name, src_i.size, prefetch(zip(src_i, resized(src_p, src_i.size), strict=True))))
-        targets.append(Target(o, len(src_i), {**meta, "batch_videos": cfg.batch_videos}))
+        numbers = [frame_number(f) for f in src_i.paths] if src_i.paths else None
+        targets.append(Target(o, len(src_i), {**meta, "batch_videos": cfg.batch_videos}, numbers))
     for g, group in enumerate(groups := group_by_size(videos), 1):
-        h, w = videos[group[0]].size
         results = batched_frames(method.step, [videos[k] for k in group], cfg.batch_videos, device)
-        desc = f"size {g}/{len(groups)} ({w}×{h}, {len(group)} videos)"
+        desc = f"size {g}/{len(groups)} ({size_text(videos[group[0]].size)}, {len(group)} videos)"
         for j, meta in write_outputs(results, [targets[k] for k in group], *frame_format(cfg), desc=desc):
             yield videos[group[j]].name, meta
 
@@ -191,6 +272,7 @@ def check_destination(cfg: InferenceConfig) -> None:
     if not cfg.data_dir:
         check_output(out, [cfg.input, cfg.processed])
         check_replaceable(out)
+    check_writable(out, beside=not cfg.data_dir)
 
 
 def placement(cfg: InferenceConfig) -> tuple[distributed.World, torch.device]:
@@ -229,22 +311,28 @@ def report(done, n: int, output: str, written: list[str]) -> None:
 
 
 def main(argv=None) -> int:
+    stop_on_sigterm()
     cfg = settings(argv)
     done, written = None, []
     try:
         check_destination(cfg)
         world, device = placement(cfg)
-        method = method_of(cfg, device)
+        for flag in unused_settings(cfg):
+            print(f"tdms-test: note: {flag} is unused by --method {cfg.method}", file=sys.stderr)
+        method, resumable = method_of(cfg, device)
         jobs = video_jobs(cfg, world)
         rank = f" [rank {world.rank}/{world.size}]" if world.distributed else ""
         print(f"tdms-test{rank}: {method.description} on {device}, {len(jobs)} video(s) -> {cfg.output}")
-        done = run_batched(method, jobs, cfg, device) if cfg.batch_videos > 1 else run_each(method, jobs, cfg)
+        if cfg.batch_videos > 1:
+            done = run_batched(method, jobs, cfg, device)
+        else:
+            done = run_each(method, resumable, jobs, cfg)
         report(done, len(jobs), cfg.output, written)
         return 0
     except UserError as e:
         print(f"tdms-test: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         if done is not None:
             done.close()  # a suspended batch writer removes its partial folders
         if cfg.data_dir:
@@ -253,7 +341,7 @@ def main(argv=None) -> int:
         else:
             print(f"tdms-test: interrupted: nothing was written to {Path(cfg.output)} (the partial output is removed)",
                   file=sys.stderr)
-        return 130
+        return interrupted_code(err)
 
 
 if __name__ == "__main__":

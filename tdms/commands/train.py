@@ -12,12 +12,14 @@ import argparse
 import sys
 
 from tdms import distributed
+from tdms.commands import interrupted_code, stop_on_sigterm
 from tdms.config import load_config
 from tdms.errors import UserError
 from tdms.training.loop import train
 
 
 def main(argv=None) -> int:
+    stop_on_sigterm()  # `timeout`, a scheduler or a container stop: handled as Ctrl-C
     p = argparse.ArgumentParser(prog="tdms-train", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config", help="YAML config (defaults in tdms/config.py)")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=1000")
@@ -37,11 +39,11 @@ def main(argv=None) -> int:
         rank = f" [rank {world.rank}]" if world.distributed else ""
         print(f"tdms-train{rank}: error: {e}", file=sys.stderr)
         return 1  # under torchrun the other processes are stopped; the last checkpoint stays as it was
-    except KeyboardInterrupt:
-        if world.main:  # checkpoints are written atomically: the last one is whole
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (stop_on_sigterm)
+        if world.main:  # checkpoints are written atomically: the last one is whole, its temp file removed
             print(f"tdms-train: interrupted; the last checkpoint in {cfg.train.out} is intact "
                   "(--resume continues from it)", file=sys.stderr)
-        return 130
+        return interrupted_code(err)
     finally:
         distributed.close()
     if world.main:

@@ -2,13 +2,13 @@
 
 Every video is scored once per method into OUT/<method>/videos/<task>/<dataset>/<video>.json as soon as
 it finishes; a rerun with the same settings skips those. The processed videos are scored as the method
-"processed" (warping error only), which gives every method's D_t. Flows and tracking references are
-computed once per input video in this process before the parallel work starts.
+"processed" (warping error and the naive blend's trade-off curve), which gives every method's D_t and margin;
+the rows `run` returns carry the protocol each result's marker names (tdms-test --protocol). Flows and tracking
+references are computed once per input video in this process before the parallel work starts.
 """
 
 import hashlib
 import json
-import math
 import multiprocessing
 import os
 import time
@@ -22,13 +22,16 @@ from tdms import distributed
 from tdms.config import EvalConfig, set_threads
 from tdms.errors import UserError
 from tdms.evaluation.lpips import load_lpips
+from tdms.evaluation.tradeoff import CURVE_VERSION, blend_curve
 from tdms.evaluation.video import Options, Tracking, evaluate_video, prepare_input
-from tdms.files import stamp_files, write_bytes_atomic
+from tdms.files import from_json_safe, json_safe, stamp_files, write_bytes_atomic
 from tdms.flow import build_flow
 from tdms.flow.cache import FlowCache
 from tdms.frames.layout import entries, tasks_file
+from tdms.frames.outputs import read_marker
 
 PROCESSED = "processed"  # the method name of the processed videos themselves
+DEFAULT_PROTOCOL = "tdms"  # a result whose marker names no protocol was made by tdms-test's own loop
 
 
 @dataclass
@@ -66,9 +69,12 @@ def plan(cfg: EvalConfig) -> list[Job]:
 
 def settings(cfg: EvalConfig, method: str) -> dict:
     """Everything a per-video result depends on besides its frames: a finished result is reused only if equal.
-    The processed videos get only the warping error, so LPIPS and tracking settings do not touch them."""
+    The processed videos get only the warping error and the blend curve, so LPIPS and tracking settings do not
+    touch them."""
     out = {"flow": asdict(cfg.flow) | {"device": None}, "resize": cfg.run.resize}
-    if method != PROCESSED:
+    if method == PROCESSED:
+        out.update(blend_curve=CURVE_VERSION)
+    else:
         out.update(lpips=asdict(cfg.lpips), tracking=asdict(cfg.tracking))
     return out
 
@@ -152,32 +158,13 @@ def score(job: Job) -> dict:
             metrics = evaluate_video(_STATE["cache"], job.input, job.results, None if is_processed else job.processed,
                                      options, progress=False)
             row.update(status="ok", **metrics)
+            if is_processed:  # the curve's file beside the flows is reused by any run folder
+                row["blend_curve"] = blend_curve(_STATE["cache"], job.input, job.processed, cfg.run.resize)
         except UserError as err:
             row.update(status="error", note=str(err))
     row["seconds"] = round(time.time() - start, 3)
-    write_bytes_atomic(job.out, (json.dumps(encode(row)) + "\n").encode())
+    write_bytes_atomic(job.out, (json.dumps(json_safe(row)) + "\n").encode())
     return row
-
-
-def encode(x):
-    """Non-finite floats as the strings "nan"/"inf"/"-inf", so the stored JSON stays strict."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    if isinstance(x, dict):
-        return {k: encode(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [encode(v) for v in x]
-    return x
-
-
-def decode(x):
-    if isinstance(x, str) and x in ("nan", "inf", "-inf"):
-        return float(x)
-    if isinstance(x, dict):
-        return {k: decode(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [decode(v) for v in x]
-    return x
 
 
 def share(todo: list[int], jobs: list[Job], world: distributed.World) -> list[int]:
@@ -221,4 +208,8 @@ def run(cfg: EvalConfig, progress: bool = True, world: distributed.World = distr
                     bar.update(1)
         bar.close()
     info["seconds"] = round(time.time() - start, 3)
-    return [decode(done[k]) for k in sorted(done)], info
+    rows = [from_json_safe(done[k]) for k in sorted(done)]
+    for k, row in zip(sorted(done), rows, strict=True):  # read now, so a reused row shows it too
+        if row["method"] != PROCESSED and row["status"] == "ok":
+            row["protocol"] = read_marker(jobs[k].results).get("protocol", DEFAULT_PROTOCOL)
+    return rows, info

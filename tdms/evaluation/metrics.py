@@ -2,7 +2,6 @@
 
 import math
 import warnings
-from collections.abc import Iterable
 
 import cv2
 import numpy as np
@@ -33,21 +32,6 @@ def warping_error_pair(o_t, o_prev, fw_prev, occ_prev) -> float:
     if count == 0:
         count = diff.size
     return float((noc * diff**2).sum() / count)
-
-
-def video_warping_error(frames: Iterable, flows: Iterable) -> list[float]:
-    """Per-pair warping errors E_1..E_{N-1} of a video.
-
-    frames: O_0..O_{N-1} as (H,W,3); flows: (fw_{t-1}, occ_{t-1}) for t = 1..N-1 (from the
-    original frames). Both may be generators, so a video never has to sit in memory.
-    """
-    errors = []
-    frames = iter(frames)
-    prev = next(frames)
-    for frame, (fw, occ) in zip(frames, flows, strict=True):
-        errors.append(warping_error_pair(frame, prev, fw, occ))
-        prev = frame
-    return errors
 
 
 def relative_reduction(e_method: float, e_processed: float) -> float:

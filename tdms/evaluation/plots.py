@@ -1,6 +1,7 @@
 """Pictures of an evaluation: per-frame curves and bar charts (PNG, matplotlib's Agg canvas: no pyplot state,
 never a window) and labelled side-by-side videos; then the ones a batch evaluation writes from its rows
-(warping error over time per video, D_t bars per task, comparison videos of the first videos).
+(warping error over time per video, D_t bars per task, trade-off charts per task and per dataset, comparison
+videos of the first videos).
 """
 
 import io
@@ -70,6 +71,39 @@ def grouped_bars(groups: dict, out_png: Path, title: str, ylabel: str) -> None:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     save_png(fig, out_png)
+
+
+def tradeoff_chart(points: dict, curve: dict | None, out_png, title: str, lpips: dict | None = None) -> None:
+    """The trade-off chart: PSNR(O, P) against D_t, every method a point {name: (D_t, PSNR)} and the naive blend's
+    curve a line, each of its points labelled with its a; with lpips {name: (D_t, LPIPS)} a second panel of LPIPS
+    against D_t (methods only: the curve has no LPIPS, it runs no network). Points with a None value are left out."""
+    panels = 2 if lpips else 1
+    fig = Figure(figsize=(6.5 * panels, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, panels, 1)
+    if curve is not None:
+        ax.plot(curve["relative_reduction"], curve["psnr"], "-o", color="0.5", markersize=3, linewidth=1.2,
+                label="naive blend, a = 0.1 … 0.9")
+        for a, d, p in zip(curve["alphas"], curve["relative_reduction"], curve["psnr"], strict=True):
+            ax.annotate(f"{a:g}", (d, p), textcoords="offset points", xytext=(3, 3), fontsize=7, color="0.4")
+    draw_points(ax, points)
+    ax.set(title=title, xlabel="D_t (higher: more consistent)", ylabel="PSNR(O, P) dB (higher: more faithful)")
+    if lpips:
+        right = fig.add_subplot(1, panels, 2)
+        draw_points(right, lpips)
+        right.set(title="LPIPS to P against D_t", xlabel="D_t (higher: more consistent)",
+                  ylabel="LPIPS(O, P) (lower: more faithful)")
+    save_png(fig, out_png)
+
+
+def draw_points(ax, points: dict) -> None:
+    """One labelled marker per method {name: (x, y)}, colours C1.. as the other charts' methods; then grid, legend."""
+    for k, (name, (x, y)) in enumerate(points.items()):
+        if x is not None and y is not None and np.isfinite([x, y]).all():
+            ax.plot([x], [y], "D", color=f"C{k + 1}", markersize=7, label=name)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
 
 
 def new_axes(size: tuple[float, float]):
@@ -175,6 +209,26 @@ def task_bars(table: list[dict], methods: list[str], out: Path, metric: str = "D
         path = out / row["dataset"] / f"{slug(row['task'])}_{metric}.png"
         bar_chart({m: row.get(m) for m in methods}, path, f"{row['task']} / {row['dataset']}: {metric}", metric)
         written.append(path)
+    return written
+
+
+def tradeoff_plots(summary: dict, methods: list[str], out: Path) -> list[Path]:
+    """The trade-off chart of every task (out/tradeoff_<dataset>_<task>.png) and of each dataset's mean over its
+    tasks (out/tradeoff_<dataset>.png), from a report summary: the methods' mean points, the mean naive curve."""
+    written = []
+    for (dataset, task), curve in summary["curves"].items():
+        entries = {m: (summary["overall"] if task == "mean" else summary["tasks"]).get(
+            (m, dataset) if task == "mean" else (m, dataset, task), {}) for m in methods}
+        at = {m: e["tradeoff"] if "psnr" in e.get("tradeoff", {}) else e for m, e in entries.items()}  # the margin's
+        names = {m: m + (f" ({e['margin']:+.2f} dB)" if e.get("margin") is not None else "")
+                 for m, e in entries.items()}
+        points = {names[m]: (e.get("relative_reduction"), e.get("psnr")) for m, e in at.items()}
+        lpips = {names[m]: (e.get("relative_reduction"), e.get("lpips")) for m, e in entries.items()}
+        name = f"tradeoff_{slug(dataset)}.png" if task == "mean" else f"tradeoff_{slug(dataset)}_{slug(task)}.png"
+        title = f"{dataset}: mean over tasks" if task == "mean" else f"{task} / {dataset}"
+        tradeoff_chart(points, curve, out / name, title,
+                       lpips if any(v[1] is not None for v in lpips.values()) else None)
+        written.append(out / name)
     return written
 
 

@@ -3,8 +3,9 @@ scored by IoU against reference boxes.
 
 Boxes are (x, y, w, h) integer pixels; None means "no box" (object absent, or the tracker lost it).
 Reference boxes come from DAVIS annotations (palette PNGs, 0 = background) when there are any, otherwise
-from the same tracker run on the original frames. Without annotations the first box is chosen by
-`motion_box` (the largest region moving against the camera), falling back to `centre_box`.
+from the same tracker run on the original frames. Without annotations several first boxes are chosen from the
+original frames only (`motion_box`: the largest region moving against the camera, then `texture_boxes`), each
+kept only where the tracker is stable on the original (`stable`); the score is the median over the boxes.
 """
 
 from pathlib import Path
@@ -20,6 +21,11 @@ TRACKERS = ("csrt", "kcf")
 MOTION_PAIRS = 5  # the first box looks at the flows of frames 0..5
 MIN_MOTION_PX = 0.5  # residual motion (px per frame) below this is camera motion or flow noise
 MIN_AREA, MAX_AREA = 0.002, 0.5  # a moving region outside these fractions of the frame is not an object
+BOXES = 5  # boxes tracked per video without annotations; tracking_iou is the median of their mean IoUs
+CANDIDATES = 10  # textured boxes of the first original frame tried as references
+FLAT_STD = 1.0  # grey levels (of 255): a patch whose standard deviation is below this has nothing to track
+CHECK_QUALITY = 85  # a reference is stable when the tracker follows the same path on a JPEG copy this good ...
+STABLE_IOU = 0.8  # ... with a mean IoU of at least this against the track on the original frames
 
 
 def make_tracker(name: str):
@@ -38,32 +44,62 @@ def to_bgr8(img) -> np.ndarray:
     return cv2.cvtColor(np.clip(np.asarray(img) * 255.0 + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
 
 
+def is_flat(bgr: np.ndarray, box) -> bool:
+    """True when the part of a uint8 BGR frame under an (x, y, w, h) box varies by less than FLAT_STD grey levels
+    (an all-black frame, a blank region): there is nothing a tracker could follow."""
+    x, y, w, h = box
+    patch = bgr[max(0, y) : max(0, y + h), max(0, x) : max(0, x + w)]
+    return patch.size == 0 or float(cv2.cvtColor(patch, cv2.COLOR_BGR2GRAY).std()) < FLAT_STD
+
+
 class Track:
-    """Feed frames one at a time: the first call starts the tracker on `box`, later ones return its box or None."""
+    """Feed frames one at a time: the first call starts the tracker on `box`, later ones return its box or None.
+
+    A box over a flat patch (is_flat) is a loss: on a blank frame a tracker reports success while following
+    nothing. A box that is flat on the first frame loses every later frame."""
 
     def __init__(self, box, tracker: str = "csrt"):
-        self.box, self.name, self.tracker = tuple(int(v) for v in box), tracker, None
+        self.box, self.name, self.tracker, self.dead = tuple(int(v) for v in box), tracker, None, False
 
     def step(self, frame):
+        bgr = to_bgr8(frame)
         if self.tracker is None:
-            self.tracker = make_tracker(self.name)
+            self.tracker, self.dead = make_tracker(self.name), is_flat(bgr, self.box)
             try:
-                self.tracker.init(to_bgr8(frame), self.box)
+                self.tracker.init(bgr, self.box)
             except cv2.error as err:  # e.g. CSRT on a 1x1 box
                 raise UserError(f"{self.name} tracker cannot start on box {self.box}: {err.err}") from None
             return self.box
+        if self.dead:
+            return None
         try:
-            ok, box = self.tracker.update(to_bgr8(frame))
+            ok, box = self.tracker.update(bgr)
         except cv2.error:  # a tracker that fails inside has lost the object
             return None
         box = tuple(int(round(v)) for v in box)
-        return box if ok and box[2] > 0 and box[3] > 0 else None
+        return box if ok and box[2] > 0 and box[3] > 0 and not is_flat(bgr, box) else None
+
+
+class Tracks:
+    """Several Track of one video in one pass: step(frame) -> the list of their boxes (or None)."""
+
+    def __init__(self, boxes, tracker: str = "csrt"):
+        self.tracks = [Track(b, tracker) for b in boxes]
+
+    def step(self, frame) -> list:
+        return [t.step(frame) for t in self.tracks]
 
 
 def track(frames, box, tracker: str = "csrt") -> list:
     """Boxes of every frame (frame 0: `box`), None where the tracker reports a loss."""
     t = Track(box, tracker)
     return [t.step(f) for f in frames]
+
+
+def jpeg_copy(frame, quality: int = CHECK_QUALITY) -> np.ndarray:
+    """A float RGB frame through a JPEG round trip: a copy that looks the same to a person."""
+    ok, buf = cv2.imencode(".jpg", to_bgr8(frame), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
 
 
 def box_iou(a, b) -> float:
@@ -92,6 +128,19 @@ def score_boxes(boxes: list, reference: list) -> dict:
         "lost": sum(b is None for b, _ in scored),
         "no_reference": len(boxes) - 1 - len(scored),
     }
+
+
+def mean_iou(boxes: list, reference: list) -> float:
+    """Mean IoU over frames 1..N-1 of two tracks (None = lost or no box counts 0)."""
+    return float(np.mean([box_iou(b, r) for b, r in zip(boxes[1:], reference[1:], strict=True)]))
+
+
+def stable(reference: list, check: list) -> bool:
+    """A reference track is stable when it is lost in at most half of the frames and the tracker started on the
+    same box of the JPEG copy (jpeg_copy) follows it with a mean IoU of at least STABLE_IOU: where an unseen
+    change of the pixels already moves the tracker elsewhere, its IoU would measure chance, not the result."""
+    lost = sum(b is None for b in reference[1:])
+    return 2 * lost <= len(reference) - 1 and mean_iou(check, reference) >= STABLE_IOU
 
 
 def mask_box(mask: np.ndarray):
@@ -154,6 +203,25 @@ def motion_box(flows):
     x, y, w, h = (int(v) for v in stats[k, :4])
     area = w * h / residual.size
     return (x, y, w, h) if MIN_AREA <= area <= MAX_AREA else None
+
+
+def texture_boxes(frame, count: int = CANDIDATES) -> list[tuple]:
+    """Up to `count` square boxes of a float RGB frame where the image has the most corners, best first.
+
+    Side: a quarter of the frame's short side; candidates on a grid of half that step, ranked by the mean
+    minimum eigenvalue of the gradient structure tensor (Shi & Tomasi 1994, "Good features to track"); flat
+    boxes (is_flat) are never chosen, and a chosen box overlaps no other by an IoU of 0.1 or more."""
+    bgr = to_bgr8(frame)
+    h, w = bgr.shape[:2]
+    side = max(8, min(h, w) // 4)
+    eigen = cv2.cornerMinEigenVal(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), 3)
+    grid = [(x, y, side, side) for y in range(0, h - side + 1, side // 2) for x in range(0, w - side + 1, side // 2)]
+    ranked = sorted(grid, key=lambda b: -float(eigen[b[1] : b[1] + side, b[0] : b[0] + side].mean()))
+    chosen = []
+    for box in ranked:
+        if len(chosen) < count and not is_flat(bgr, box) and all(box_iou(box, c) < 0.1 for c in chosen):
+            chosen.append(box)
+    return chosen
 
 
 def centre_box(size: tuple[int, int]) -> tuple[int, int, int, int]:

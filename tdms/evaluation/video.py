@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import chain, repeat
 from pathlib import Path
-from statistics import fmean
+from statistics import fmean, median
 
 from tqdm import tqdm
 
@@ -22,14 +22,19 @@ from tdms.errors import UserError
 from tdms.evaluation.lpips import lpips_distance
 from tdms.evaluation.metrics import composite, psnr, relative_reduction, ssim, warping_error_pair
 from tdms.evaluation.tracking import (
+    BOXES,
+    CHECK_QUALITY,
+    FLAT_STD,
     MOTION_PAIRS,
-    Track,
+    STABLE_IOU,
+    Tracks,
     annotation_boxes,
-    centre_box,
     check_box,
+    jpeg_copy,
     motion_box,
     score_boxes,
-    track,
+    stable,
+    texture_boxes,
 )
 from tdms.files import write_bytes_atomic
 from tdms.flow.cache import FlowCache, pair_flows
@@ -68,14 +73,14 @@ def metric_names(processed: bool, processed_error: bool, lpips) -> list[str]:
     return names + (["lpips"] if processed and lpips is not None else [])
 
 
-def score_frames(steps: Iterable, names: list[str], lpips=None, tracker: Track | None = None, n: int | None = None,
+def score_frames(steps: Iterable, names: list[str], lpips=None, tracker: Tracks | None = None, n: int | None = None,
                  desc: str = "evaluate", progress: bool = True) -> tuple[dict, list | None, str | None]:
     """One pass over a video: (per_frame, boxes, tracking note).
 
     steps: (O_t, P_t or None, (fw, occ) of the input pair (t-1, t) or None at t = 0) for t = 0..N-1, frames
     float (H,W,3) in [0,1], fw = flow(I_{t-1} -> I_t) (2,H,W), occ (1,H,W) 1 = occluded. per_frame[name] holds
-    entry k for the pair (k, k+1). boxes: the tracker's box per frame, or None without a tracker or when it
-    cannot start (the note says why).
+    entry k for the pair (k, k+1). boxes: per frame the list of the tracker's boxes (one per reference track),
+    or None without a tracker or when it cannot start (the note says why).
     """
     per_frame = {k: [] for k in names}
     boxes, note, prev = ([] if tracker is not None else None), None, None
@@ -163,51 +168,74 @@ def open_videos(videos: dict[str, Path], resize: bool = False) -> dict[str, Fram
 
 def prepare_input(cache: FlowCache, video, tracking: Tracking | None, progress: bool = False
                   ) -> tuple[dict | None, str]:
-    """Flows of every pair of an input video, then its tracking reference: (reference, "") or, when there is
-    no tracking or it cannot start, (None, why not: "" without tracking). Both are stored in the cache."""
+    """Flows of every pair of an input video, then its tracking reference: (reference, note) or, when there is
+    no tracking or no reference track, (None, why not: "" without tracking). Both are stored in the cache."""
     cache.prepare(video, progress=progress)
     if tracking is None:
         return None, ""
     try:
-        return reference(cache, Path(video), tracking, progress), ""
+        ref = reference(cache, Path(video), tracking, progress)
     except ValueError as err:
         return None, str(err)
+    return (ref if ref["tracks"] else None), ref["note"]
 
 
-def first_box(cache: FlowCache, video: Path, spec: Tracking) -> tuple[tuple, str]:
-    """(box, how it was chosen) for a video without annotations: the user's, motion_box's, or the centre's."""
-    size = cache.source(video).size
+def first_boxes(cache: FlowCache, video: Path, spec: Tracking) -> list[tuple[tuple, str]]:
+    """Candidate (box, how it was chosen) of a video without annotations, from its original frames only: the
+    user's box alone, else motion_box's (when there is one) then texture_boxes of frame 0."""
+    src = cache.source(video)
     if spec.box is not None:
-        check_box(spec.box, size, video)
-        return tuple(spec.box), "user"
-    pairs = min(MOTION_PAIRS, len(cache.source(video)) - 1)
+        check_box(spec.box, src.size, video)
+        return [(tuple(spec.box), "user")]
+    pairs = min(MOTION_PAIRS, len(src) - 1)
     box = motion_box([cache.pair(video, t)[0].numpy() for t in range(pairs)])
-    return (box, "motion") if box else (centre_box(size), "centre")
+    return ([(box, "motion")] if box else []) + [(b, "texture") for b in texture_boxes(src[0])]
 
 
 def reference(cache: FlowCache, video: Path, spec: Tracking, progress: bool = False) -> dict:
-    """First box and reference boxes of an input video, cached beside its flows.
+    """Reference tracks of an input video, cached beside its flows.
 
-    From the annotations when spec.annotations exists, else the tracker on the original frames from
-    `first_box`. Returns {"first_box", "box_source", "reference", "object_id", "boxes"}.
+    From the annotations when spec.annotations exists, else `tracker_reference`. Returns {"reference",
+    "object_id", "tracks": [{"box", "source", "boxes"}], "note"}; no tracks means no tracking IoU (the note).
     """
     annotated = spec.annotations is not None and Path(spec.annotations).is_dir()
-    key = json.dumps([spec.tracker, spec.box, str(spec.annotations) if annotated else None, spec.object_id])
+    key = json.dumps([2, spec.tracker, spec.box, str(spec.annotations) if annotated else None, spec.object_id])
     path = cache.folder(video) / f"track_{hashlib.sha1(key.encode()).hexdigest()[:10]}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    n = len(cache.source(video))
     if annotated:
-        object_id, boxes = annotation_boxes(spec.annotations, n, spec.object_id)
-        ref = {"first_box": boxes[0], "box_source": "annotation", "reference": "annotations",
-               "object_id": object_id, "boxes": boxes}
+        object_id, boxes = annotation_boxes(spec.annotations, len(cache.source(video)), spec.object_id)
+        ref = {"reference": "annotations", "object_id": object_id, "note": "",
+               "tracks": [{"box": boxes[0], "source": "annotation", "boxes": boxes}]}
     else:
-        box, how = first_box(cache, video, spec)
-        frames = tqdm(cache.source(video), total=n, desc=f"{spec.tracker} reference", disable=not progress)
-        ref = {"first_box": box, "box_source": how, "reference": "tracker", "object_id": None,
-               "boxes": track(frames, box, spec.tracker)}
+        ref = tracker_reference(cache, video, spec, progress)
     write_bytes_atomic(path, json.dumps(ref).encode())
     return ref
+
+
+def tracker_reference(cache: FlowCache, video: Path, spec: Tracking, progress: bool) -> dict:
+    """The tracker on the original frames from every candidate of first_boxes, and on their JPEG copies in the
+    same pass; the first BOXES stable ones (tracking.stable) are the reference tracks. A user box is kept
+    either way, with a note when it is not stable; without a stable box there are no tracks, and the note."""
+    cands, name = first_boxes(cache, video, spec), spec.tracker
+    ref = {"reference": "tracker", "object_id": None, "tracks": [], "note": ""}
+    if not cands:
+        return {**ref, "note": f"nothing to track: the first input frame is flat (below {FLAT_STD} grey levels)"}
+    on_input, on_copy = Tracks([b for b, _ in cands], name), Tracks([b for b, _ in cands], name)
+    frames = tqdm(cache.source(video), desc=f"{name} reference", unit="frame", disable=not progress, leave=False)
+    runs = [(on_input.step(f), on_copy.step(jpeg_copy(f))) for f in frames]  # per frame: (boxes, boxes on the copy)
+    tracks = []
+    for i, (box, how) in enumerate(cands):
+        boxes, check = [r[0][i] for r in runs], [r[1][i] for r in runs]
+        tracks.append({"box": box, "source": how, "boxes": boxes, "stable": stable(boxes, check)})
+    keep = [t for t in tracks if t["stable"]][:BOXES]
+    why = (f"the {name} tracker on the input is not stable (on a JPEG copy of quality {CHECK_QUALITY} it follows"
+           f" another path, mean IoU < {STABLE_IOU}, or it loses the box in over half the frames)")
+    if spec.box is not None and not keep:
+        return {**ref, "tracks": tracks, "note": f"box {tuple(spec.box)}: {why}; the IoU may measure chance"}
+    if not keep:
+        return {**ref, "note": f"no reference track: in all {len(tracks)} boxes tried {why}"}
+    return {**ref, "tracks": keep}
 
 
 def evaluate_video(cache: FlowCache, input_path, result_path, processed_path=None, options: Options | None = None,
@@ -226,7 +254,7 @@ def evaluate_video(cache: FlowCache, input_path, result_path, processed_path=Non
     src = open_videos(roles, opt.resize)
     n, size, with_p = len(src["input"]), src["input"].size, processed_path is not None
     ref, note = prepare_input(cache, roles["input"], opt.tracking, progress)
-    tracker = Track(ref["first_box"], opt.tracking.tracker) if ref is not None else None
+    tracker = Tracks([t["box"] for t in ref["tracks"]], opt.tracking.tracker) if ref is not None else None
     processed = resized(src["processed"], size) if with_p else repeat(None, n)
     flows = chain([None], (cache.forward(roles["input"], t) for t in range(n - 1)))
     steps = zip(resized(src["results"], size), processed, flows, strict=True)
@@ -234,13 +262,13 @@ def evaluate_video(cache: FlowCache, input_path, result_path, processed_path=Non
     per_frame, boxes, track_note = score_frames(steps, names, opt.lpips, tracker, n, progress=progress)
     out = {"flow": cache.backend.name, "n_frames": n}
     if note or track_note:
-        out.update(tracking_iou=None, tracking_note=note or track_note)
+        out.update(tracking_iou=None, tracking_note=track_note or note)
     out.update(means(per_frame))
     if with_p and opt.lpips is None:
         out.update(lpips=None, lpips_note=opt.lpips_note or "LPIPS not computed")
     if boxes is not None:
         add_tracking(out, boxes, ref, opt.tracking.tracker)
-        per_frame["boxes"] = boxes
+        per_frame["boxes"] = [b[0] for b in boxes]  # the first reference track's
     if with_p and opt.processed_error:
         add_derived(out, out["warping_error_processed"], opt.tracking is not None)
     out["per_frame"] = per_frame
@@ -248,10 +276,18 @@ def evaluate_video(cache: FlowCache, input_path, result_path, processed_path=Non
 
 
 def add_tracking(out: dict, boxes: list, ref: dict, tracker: str) -> None:
-    """Set tracking_iou (with a note when no frame has a reference box) and the tracking details of a row."""
-    scored = score_boxes(boxes, ref["boxes"])
-    out["tracking_iou"] = scored.pop("iou")
-    if out["tracking_iou"] is None:
+    """Set tracking_iou, the median over the reference tracks of their mean IoU (score_boxes), with a note when
+    no frame has a reference box or every track is lost; first_box, box_source, frames, lost and no_reference
+    in out["tracking"] are the first track's, out["tracking"]["tracks"] has every track's box, source and IoU."""
+    scores = [score_boxes([b[i] for b in boxes], t["boxes"]) for i, t in enumerate(ref["tracks"])]
+    ious = [s["iou"] for s in scores if s["iou"] is not None]
+    out["tracking_iou"] = median(ious) if ious else None
+    if not ious:
         out["tracking_note"] = "no frame after the first has a reference box"
-    out["tracking"] = {**scored, **{k: ref[k] for k in ("first_box", "box_source", "reference", "object_id")},
-                       "tracker": tracker}
+    elif all(s["lost"] == s["frames"] for s in scores):
+        out["tracking_note"] = "the tracker lost every box on the result (is it blank where the input is not?)"
+    first, track0 = {k: v for k, v in scores[0].items() if k != "iou"}, ref["tracks"][0]
+    out["tracking"] = {**first, "first_box": track0["box"], "box_source": track0["source"],
+                       "reference": ref["reference"], "object_id": ref["object_id"], "tracker": tracker,
+                       "tracks": [{"box": t["box"], "source": t["source"], "iou": s["iou"], "lost": s["lost"]}
+                                  for t, s in zip(ref["tracks"], scores, strict=True)]}

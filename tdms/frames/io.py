@@ -4,6 +4,8 @@ Every frame handed to or returned by this module is float32 RGB (H, W, 3) in [0,
 """
 
 import copy
+import errno
+import hashlib
 import os
 import queue
 import re
@@ -23,6 +25,17 @@ VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv")
 FOURCC = {".mp4": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
 JPEG_QUALITY = 95  # OpenCV's own default, used when quality is None
 PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk (type + CRC) that closes every complete PNG
+# FFmpeg's own log (AV_LOG_QUIET = -8): a damaged video otherwise prints a dozen decoder lines before tdms's one
+# message. OpenCV reads it when its FFmpeg backend starts, at the first capture; set it to debug a video.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_error(err: OSError, where) -> UserError:
+    """An OSError of writing `where` as the one line a command prints: a full disk, or a folder not writable."""
+    if err.errno in NO_SPACE:
+        return UserError(f"no space left on device: {where}; free some space or write elsewhere")
+    return UserError(f"cannot write {where}: {err.strerror or err}")
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -65,6 +78,15 @@ def list_frames(folder) -> list[Path]:
             raise UserError(f"{folder}: {by_index[i].name} and {p.name} have the same frame number {i}")
         by_index[i] = p
     return [by_index[i] for i in sorted(by_index)]
+
+
+def cuts(src: "FrameSource") -> list[int]:
+    """Positions t where a frame folder's numbers jump (00004 then 00007): frames are missing there, so
+    frame t starts a new shot for the recurrence. None for a video."""
+    if src.paths is None:
+        return []
+    numbers = [frame_number(p) for p in src.paths]
+    return [t for t in range(1, len(numbers)) if numbers[t] - numbers[t - 1] > 1]
 
 
 def check_paired(*sources) -> None:
@@ -145,14 +167,14 @@ def to_uint8_bgr(img: np.ndarray, name) -> np.ndarray:
     return np.ascontiguousarray(out[:, :, ::-1])
 
 
+def file_record(data: bytes) -> list:
+    """[size, first 16 hex digits of the SHA-256] of a file's bytes: how an output folder records its frames."""
+    return [len(data), hashlib.sha256(data).hexdigest()[:16]]
 
 
-
-
-
-
-def write_frame(path, img: np.ndarray, quality=None) -> None:
-    """Write a float RGB frame (H,W,3) in [0,1], clipped and rounded to uint8, atomically.
+def write_frame(path, img: np.ndarray, quality=None) -> list:
+    """Write a float RGB frame (H,W,3) in [0,1], clipped and rounded to uint8, atomically; returns the file's
+    file_record. A full disk or an unwritable folder is a UserError (write_error).
 
     PNG/BMP/TIFF are lossless; .jpg/.jpeg use quality (1-100, default 95), which other types ignore.
     """
@@ -169,7 +191,12 @@ def write_frame(path, img: np.ndarray, quality=None) -> None:
     ok, buf = cv2.imencode(ext, to_uint8_bgr(img, path), params)
     if not ok:
         raise UserError(f"{path}: cannot encode image")
-    write_bytes_atomic(path, buf.tobytes())
+    data = buf.tobytes()
+    try:
+        write_bytes_atomic(path, data)
+    except OSError as err:
+        raise write_error(err, path) from None
+    return file_record(data)
 
 
 class FrameSource:
@@ -193,24 +220,18 @@ class FrameSource:
         self._cap, self._pos = None, 0  # video decoder for random access; _pos = index of its next frame
         rate = self._reopen().get(cv2.CAP_PROP_FPS) if self.is_video else 0.0
         self.fps = float(rate) if rate > 0 else 30.0  # NaN > 0 is False too
-        self._n = len(self.paths) if self.paths else self._count_video()
+        self._n = len(self.paths) if self.paths else count_frames(self.path)
         if self._n == 0:
-            raise UserError(f"no frames in {self.path}")
+            raise UserError(f"{self.path}: cannot read video (0 frames decoded: truncated, damaged or not a video)"
+                            if self.is_video else f"no frames in {self.path}")
         self.size = None  # frame 0 sets it; every later frame is checked against it
         self.size = self[0].shape[:2]
 
     def _reopen(self) -> cv2.VideoCapture:
         self._cap, self._pos = cv2.VideoCapture(str(self.path)), 0
         if not self._cap.isOpened():
-            raise UserError(f"{self.path}: cannot open video")
+            raise UserError(f"{self.path}: cannot read video (0 frames decoded: truncated, damaged or not a video)")
         return self._cap
-
-    def _count_video(self) -> int:
-        cap, n = cv2.VideoCapture(str(self.path)), 0
-        while cap.grab():  # grab() decodes without read()'s colour conversion
-            n += 1
-        cap.release()
-        return n
 
     def __len__(self) -> int:
         return self._n
@@ -242,17 +263,21 @@ class FrameSource:
 
 
 class FrameWriter:
-    """Write frames to a folder (%05d.ext from 0) or to a video (.mp4/.mov/.mkv: mp4v, .avi: MJPG).
+    """Write frames to a folder (%05d.ext: 0, 1, ... or the given `numbers`) or to a video (.mp4/.mov/.mkv: mp4v,
+    .avi: MJPG).
 
     Refuses an output that already holds frames (or an existing video) unless overwrite=True, which first
-    deletes the folder's image files so no stale frame survives (call check_output before). A video is
-    encoded to a hidden temp file renamed at close(); an exception inside `with` removes it. Video frames
-    need an even width and height (the encoders silently crop odd sizes).
+    deletes the folder's image files so no stale frame survives (call check_output before), or keep=True, which
+    appends after them (a resumed output). `files` maps each frame file written to its file_record. A video is
+    encoded to a hidden temp file renamed at close() once it reads back whole (the encoder accepted every frame,
+    and the file reopened holds them all); otherwise, or on an exception inside `with`, the temp file is removed.
+    Video frames need an even width and height (the encoders silently crop odd sizes).
     """
 
-    def __init__(self, out, fps: float = 30.0, ext: str = ".png", quality=None, overwrite: bool = False):
+    def __init__(self, out, fps: float = 30.0, ext: str = ".png", quality=None, overwrite: bool = False,
+                 numbers: list[int] | None = None, keep: bool = False):
         self.out = Path(out)
-        self.fps, self.quality, self.count = float(fps), quality, 0
+        self.fps, self.quality, self.count, self.numbers, self.files = float(fps), quality, 0, numbers, {}
         self.is_video = self.out.suffix.lower() in VIDEO_EXTS
         self.ext = ext.lower() if ext.startswith(".") else f".{ext.lower()}"
         self._video, self._size = None, None
@@ -265,17 +290,21 @@ class FrameWriter:
             raise UserError(f"{self.out}: unsupported frame type {ext!r} (use one of {', '.join(IMAGE_EXTS)})")
         if self.out.exists() and not self.out.is_dir():
             raise UserError(f"{self.out}: exists and is not a folder")
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise write_error(err, self.out) from None
         old = image_files(self.out)
-        if old and not overwrite:
+        if old and not (overwrite or keep):
             raise UserError(f"{self.out}: already holds {len(old)} image files (pass overwrite=True)")
-        for p in old:
+        for p in [] if keep else old:
             p.unlink()
 
     def write(self, img: np.ndarray) -> None:
         """Append one float RGB frame (H,W,3) in [0,1]."""
         if not self.is_video:
-            write_frame(self.out / f"{self.count:05d}{self.ext}", img, self.quality)
+            name = f"{self.count if self.numbers is None else self.numbers[self.count]:05d}{self.ext}"
+            self.files[name] = write_frame(self.out / name, img, self.quality)
             self.count += 1
             return
         bgr = to_uint8_bgr(img, self.out)
@@ -286,20 +315,24 @@ class FrameWriter:
                     f"{self.out}: video frames need an even width and height, got {size_text((h, w))} "
                     "(write a frame folder instead)"
                 )
-            self.out.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.out.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise write_error(err, self.out.parent) from None
             fourcc = cv2.VideoWriter_fourcc(*FOURCC[self.out.suffix.lower()])
             self._video, self._size = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, (w, h)), (h, w)
             if not self._video.isOpened():
-                raise UserError(f"{self.out}: cannot open a video encoder")
+                raise self._broken("cannot open a video encoder")
         if (h, w) != self._size:
             raise UserError(
                 f"{self.out}: frame {self.count} is {size_text((h, w))}, earlier frames {size_text(self._size)}"
             )
-        self._video.write(bgr)
+        if self._video.write(bgr) is False:  # OpenCV >= 5 says whether the encoder took the frame (4.x: None)
+            raise self._broken(f"the encoder refused frame {self.count}")
         self.count += 1
 
     def close(self) -> None:
-        """Finish the output; for a video, rename the temp file into place."""
+        """Finish the output; for a video, check that it reads back whole and rename the temp file into place."""
         if not self.is_video:
             return
         if self._video is None:
@@ -308,13 +341,25 @@ class FrameWriter:
             return  # already closed
         self._video.release()
         self._video = None
+        if (read := count_frames(self._tmp)) != self.count:
+            raise self._broken(f"{read} of its {self.count} frames read back")
         os.replace(self._tmp, self.out)
+
+    def _broken(self, what: str) -> UserError:
+        """The encoder failed (they do not say why): remove the temp file, after asking whether the disk is full
+        while the file still fills it."""
+        full = disk_full(self._tmp.parent)
+        self.abort()
+        if full:
+            return UserError(f"no space left on device: {self.out} ({what}; the partial video is removed)")
+        return UserError(f"{self.out}: the video encoder failed ({what}); nothing was written")
 
     def abort(self) -> None:
         """Stop without producing a video (frames already in a folder stay)."""
-        if self.is_video and self._video is not None:
-            self._video.release()
-            self._video = None
+        if self.is_video:
+            if self._video is not None:
+                self._video.release()
+                self._video = None
             self._tmp.unlink(missing_ok=True)
 
     def __enter__(self):
@@ -327,6 +372,24 @@ class FrameWriter:
             self.abort()
 
 
+def count_frames(video: Path) -> int:
+    """How many frames a video file decodes to (container counts can be wrong); 0 when it does not open."""
+    cap, n = cv2.VideoCapture(str(video)), 0
+    while cap.grab():  # grab() decodes without read()'s colour conversion
+        n += 1
+    cap.release()
+    return n
+
+
+def disk_full(folder: Path) -> bool:
+    """Whether 64 KiB no longer fit in folder's file system (ENOSPC, or EDQUOT over a quota)."""
+    probe = folder / f".tdms-space-probe.{os.getpid()}"
+    try:
+        write_bytes_atomic(probe, bytes(1 << 16))
+    except OSError as err:
+        return err.errno in NO_SPACE
+    probe.unlink()
+    return False
 
 
 def frames_to_tensor(img: np.ndarray) -> torch.Tensor:
@@ -346,23 +409,40 @@ def tensor_to_frame(t: torch.Tensor) -> np.ndarray:
 
 
 def prefetch(iterable, depth: int = 4):
-    """Iterate in a background thread, `depth` items ahead (decoding overlaps the network)."""
+    """Iterate in a background thread, `depth` items ahead (decoding overlaps the network). When the consumer
+    stops (an error, Ctrl-C, or closing this generator), the thread stops too and is joined: no thread is left
+    decoding behind (one inside OpenCV at interpreter exit can abort the process)."""
     q: queue.Queue = queue.Queue(depth)
-    done = object()
+    done, stop = object(), threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
 
     def work():
         try:
             for item in iterable:
-                q.put(item)
+                if not put(item):
+                    return
         except BaseException as e:  # handed to the consumer
-            q.put(e)
-        q.put(done)
+            put(e)
+        put(done)
 
-    threading.Thread(target=work, daemon=True).start()
-    while (item := q.get()) is not done:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def open_clips(paths: dict, resize: bool = False, resize_flag: str = "") -> dict[str, "FrameSource"]:
@@ -397,8 +477,7 @@ def size_text(size: tuple[int, int]) -> str:
 
 
 def resized(src: FrameSource, size: tuple[int, int]):
-    import cv2
-
+    """src's frames resized (INTER_AREA) to size (H, W) where they differ."""
     for f in src:
         yield f if f.shape[:2] == size else cv2.resize(f, (size[1], size[0]), interpolation=cv2.INTER_AREA)
 

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from tdms.errors import UserError
-from tdms.frames.io import prefetch, write_frame
+from tdms.frames.io import prefetch, size_text, write_frame
 from tdms.frames.outputs import commit, partial_path, remove_partial
 from tdms.inference.recurrence import pad_to
 
@@ -38,6 +38,7 @@ class Target:
     out: Path  # the frame folder to write
     frames: int  # how many frames the video has
     meta: dict  # written into the output's marker
+    numbers: list[int] | None = None  # the frame files' numbers (the input's own); None: 0, 1, ...
 
 
 def group_by_size(videos: list[Video]) -> list[list[int]]:
@@ -51,7 +52,7 @@ def group_by_size(videos: list[Video]) -> list[list[int]]:
 def check_frame(video: Video, t: int, frame: np.ndarray, role: str):
     if frame.shape != (*video.size, 3):
         raise UserError(f"{video.name}: {role} frame {t} has shape {frame.shape}, the video's frames are "
-                         f"{video.size[1]}×{video.size[0]} RGB (frame sizes must not change within a video)")
+                         f"{size_text(video.size)} RGB (frame sizes must not change within a video)")
 
 
 def stack(frames: list[np.ndarray], pin: bool) -> torch.Tensor:
@@ -136,9 +137,10 @@ def write_outputs(results: Iterator[tuple[int, np.ndarray]], targets: list[Targe
                   quality=None, workers: int = WRITERS, desc: str = "") -> Iterator[tuple[int, dict]]:
     """Write the (k, O_t) results as frame folders by a pool of threads; yield (k, meta) as each video completes.
 
-    Frames go to a hidden partial folder; a complete video gets its marker and is moved into place
-    (outputs.commit). An exception (or closing this generator) removes the partial folders this run started; a
-    killed run leaves them, and the next run replaces them.
+    Frames go to a hidden partial folder, named by each target's numbers; a complete video gets its marker (with
+    its frames' names, sizes and SHA-256) and is moved into place (outputs.commit). An exception (or closing this
+    generator) removes the partial folders this run started; a killed run leaves them, and the next run replaces
+    them.
     """
     written, started = [0] * len(targets), [0.0] * len(targets)
     futures: list[list] = [[] for _ in targets]
@@ -154,18 +156,19 @@ def write_outputs(results: Iterator[tuple[int, np.ndarray]], targets: list[Targe
                     tmp.mkdir(parents=True)
                 if written[k] == tgt.frames:
                     raise UserError(f"{tgt.out}: more than the {tgt.frames} frames expected")
-                futures[k].append(pool.submit(write_frame, tmp / f"{written[k]:05d}{ext}", img, quality))
-                pending.append(futures[k][-1])
+                number = written[k] if tgt.numbers is None else tgt.numbers[written[k]]
+                futures[k].append((f"{number:05d}{ext}", pool.submit(write_frame, tmp / f"{number:05d}{ext}", img,
+                                                                      quality)))
+                pending.append(futures[k][-1][1])
                 written[k] += 1
                 bar.update(1)
                 while len(pending) > 4 * workers:  # bounded memory: wait for the oldest write
                     pending.popleft().result()
                 if written[k] == tgt.frames:
-                    for f in futures[k]:
-                        f.result()
+                    files = {name: f.result() for name, f in futures[k]}
                     futures[k] = []
                     meta = {**tgt.meta, "frames": tgt.frames, "seconds": round(time.time() - started[k], 3)}
-                    commit(tmp, tgt.out, meta)
+                    commit(tmp, tgt.out, {**meta, "files": files})
                     yield k, meta
         short = [(t, n) for t, n in zip(targets, written, strict=True) if n != t.frames]
         if short:

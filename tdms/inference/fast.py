@@ -20,6 +20,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn as nn
 
+from tdms.config import keep_freed_memory
 from tdms.errors import UserError
 from tdms.nets.tdms_net import compose
 
@@ -86,11 +87,12 @@ class CudaGraphs:
 
 
 def make_step(model: nn.Module, device, amp: str = "fp32", channels_last: bool = False, compile: bool = False,
-              cuda_graph: bool = False):
+              cuda_graph: bool = False, keep_memory: bool = False):
     """step(i_prev, i_t, o_prev, p_t, state=None) -> (O_t fp32, state); call it under torch.inference_mode().
 
     amp: fp32 | bf16 | fp16 (fp16 on CUDA only). compile: torch.compile, specialised per input shape.
-    cuda_graph: capture one CUDA graph per input shape (CUDA only).
+    cuda_graph: capture one CUDA graph per input shape (CUDA only). keep_memory: on CPU, after the first frame,
+    keep freed memory mapped (config.keep_freed_memory; process-wide).
     """
     device = torch.device(device)
     if amp not in AMP:
@@ -110,8 +112,13 @@ def make_step(model: nn.Module, device, amp: str = "fp32", channels_last: bool =
     if cuda_graph:
         fn = CudaGraphs(fn)
 
+    first = [keep_memory and device.type == "cpu"]
+
     def step(i_prev, i_t, o_prev, p_t, state=None):
         out = fn(i_prev, i_t, o_prev, p_t, *(state or ()))
+        if first[0]:
+            first[0] = False
+            keep_freed_memory()
         return out[0], tuple(out[1:]) or None
 
     return step

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import torch
 
+from tdms.config import auto_dtype
 from tdms.errors import UserError
 from tdms.files import file_digest
 from tdms.flow import build_flow
 from tdms.inference.bonneel import bonneel_frames
 from tdms.inference.fast import AMP, make_step
+from tdms.inference.original import PROTOCOLS, original_frames
 from tdms.inference.recurrence import identity_frames, naive_frames, step_frames
 from tdms.nets.build import load_model
 
@@ -32,22 +34,29 @@ class Method:
     step: Callable | None = None  # TDMS-Net's one-frame step (fast.make_step), for batched dataset mode
 
 
-def make_method(name: str, device=None, model=None, checkpoint: Path | None = None, amp: str = "fp32",
-                channels_last: bool = False, compile: bool = False, cuda_graph: bool = False, flow="dis",
-                lam: float = 1.0, verbose: bool = False) -> Method:
+def make_method(name: str, device=None, model=None, checkpoint: Path | None = None, amp: str = "auto",
+                channels_last: bool = True, compile: bool = False, cuda_graph: bool = False, flow="dis",
+                lam: float = 1.0, verbose: bool = False, protocol: str = "tdms", keep_memory: bool = False) -> Method:
     """The method `name` (METHODS) with its options.
 
     tdms: `model` a loaded network (it runs where it is; `device`, if given, must be of its type), or None to
-    load `checkpoint` (a file) onto `device`; amp, channels_last, compile and cuda_graph as fast.make_step.
+    load `checkpoint` (a file) onto `device`; amp (auto: bf16 where the device computes it natively, else fp32;
+    config.auto_dtype), channels_last, compile, cuda_graph and keep_memory as fast.make_step; protocol "original"
+    runs the original test scripts' loop instead (inference/original.py: fp32, one frame at a time).
     naive, bonneel: `flow` a backend name or a callable flow(a, b) -> (B,2,H,W); bonneel's weight `lam`.
     device None means the model's device, or the CPU.
     """
     if name not in METHODS:
         raise UserError(f"unknown method {name!r}; choose from {list(METHODS)}")
+    if protocol not in PROTOCOLS:
+        raise UserError(f"unknown protocol {protocol!r}; choose from {list(PROTOCOLS)}")
     if name == "tdms":
-        return tdms_method(model, checkpoint, device, amp, channels_last, compile, cuda_graph, verbose)
+        return tdms_method(model, checkpoint, device, amp, channels_last, compile, cuda_graph, verbose, protocol,
+                           keep_memory)
     if model is not None:
         raise UserError(f"model= is for method='tdms', not {name!r}")
+    if protocol != "tdms":
+        raise UserError(f"protocol {protocol!r} is the original test loop of a network: it needs method 'tdms'")
     if name == "identity":
         return Method(identity_frames, "identity", {"method": "identity"})
     backend = build_flow(flow) if isinstance(flow, str) else flow
@@ -61,17 +70,27 @@ def make_method(name: str, device=None, model=None, checkpoint: Path | None = No
 
 
 def tdms_method(model, checkpoint: Path | None, device, amp: str, channels_last: bool, compile: bool,
-                cuda_graph: bool, verbose: bool) -> Method:
-    if amp not in AMP:
-        raise UserError(f"unknown amp {amp!r}; choose from {list(AMP)}")
+                cuda_graph: bool, verbose: bool, protocol: str, keep_memory: bool) -> Method:
+    if amp != "auto" and amp not in AMP:
+        raise UserError(f"unknown amp {amp!r}; choose from {['auto', *AMP]}")
     if model is None:
         model = load_model(checkpoint, device or "cpu", verbose)
     on = next(model.parameters()).device
     if device is not None and torch.device(device).type != on.type:
         raise UserError(f"the model is on {on} but device={device!r}; move it (model.to(device)) or drop device=")
-    step = make_step(model, on, amp, channels_last, compile, cuda_graph)
     made_by = {"method": "tdms"}
     if checkpoint is not None:
         made_by |= {"checkpoint": str(checkpoint), "checkpoint_sha256": file_digest(checkpoint)}
     what = f"tdms ({checkpoint})" if checkpoint is not None else "tdms"
-    return Method(lambda pairs: step_frames(step, pairs, on), what, made_by, step)
+    if protocol == "original":
+        if compile or cuda_graph:
+            raise UserError("protocol 'original' runs the plain network in fp32, one frame at a time, as the "
+                            "original scripts did: drop compile / cuda_graph")
+        made_by |= {"protocol": "original", "dtype": "fp32"}
+        return Method(lambda pairs: original_frames(model, pairs, on), f"{what}, the original test loop (fp32)",
+                      made_by)
+    amp = auto_dtype(on) if amp == "auto" else amp
+    step = make_step(model, on, amp, channels_last, compile, cuda_graph, keep_memory)
+    made_by |= {"dtype": amp, "channels_last": channels_last}
+    layout = ", channels_last" if channels_last else ""
+    return Method(lambda pairs: step_frames(step, pairs, on), f"{what} in {amp}{layout}", made_by, step)

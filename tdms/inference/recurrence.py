@@ -42,12 +42,13 @@ def step_frames(step, pairs, device="cpu"):
         i_prev, o_prev = i_t, o_t
 
 
-def naive_frames(flow, pairs):
-    """O_t = ½ P_t + ½ warp(O_{t-1}, flow(I_t -> I_{t-1})): the blend baseline of the model card."""
+def naive_frames(flow, pairs, a: float = 0.5):
+    """O_t = (1 - a) P_t + a warp(O_{t-1}, flow(I_t -> I_{t-1})): the blend baseline of the model card (a = ½) and,
+    over a = 0.1 .. 0.9, the trade-off curve of tdms.evaluation.tradeoff."""
     i_prev = o_prev = None
     for i_np, p_np in pairs:
         i_t, p_t = frames_to_tensor(i_np), frames_to_tensor(p_np)
-        o_t = p_t if o_prev is None else 0.5 * p_t + 0.5 * warp(o_prev, flow(i_t, i_prev))
+        o_t = p_t if o_prev is None else (1 - a) * p_t + a * warp(o_prev, flow(i_t, i_prev))
         yield tensor_to_frame(o_t)
         i_prev, o_prev = i_t, o_t
 

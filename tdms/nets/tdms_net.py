@@ -133,7 +133,3 @@ def compose(mask, flow, residual, o_prev, p_t) -> tuple[torch.Tensor, torch.Tens
     """
     warped = warp(o_prev, flow)
     return mask * warped + (1 - mask) * p_t + residual, warped
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

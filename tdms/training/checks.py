@@ -1,5 +1,5 @@
-"""What tdms-train checks before and around its loop, and what it records: the run folder, settings refused by
-key, the precision against the device, a resumed run's config against its checkpoint's, a DataLoader worker's
+"""What tdms-train checks before and around its loop, and what it records: the run folder, the data root, settings
+refused by key, the precision against the device, a resumed run's config against its checkpoint's, a DataLoader worker's
 error as one line, a non-finite loss's terms, the code's git SHA and run.json."""
 
 import json
@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from tdms import distributed
 from tdms.config import Config, config_from_dict, to_dict
 from tdms.errors import MissingFile, OutputExists, UserError
+from tdms.files import write_bytes_atomic
 from tdms.inference.fast import AMP
 
 # what --resume may change: the run's length, where it and its data lie, and settings that touch no number of the run
@@ -42,8 +43,12 @@ def check_run_folder(last: Path, resume: bool):
 
 
 def check_settings(cfg: Config):
-    """Values the loop, the sampler or the networks cannot take, refused by key before any work."""
-    t, d = cfg.train, cfg.data
+    """Values the loop, the sampler, the optimizer or the losses cannot take, refused by key before any work: every
+    float setting finite (inf and NaN are never a setting), then each in its range."""
+    for key, value in flatten(to_dict(cfg)).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{key} must be a finite number, got {value}")
+    t, d, o, w = cfg.train, cfg.data, cfg.optim, cfg.loss
     rules = [
         ("train.steps", t.steps, t.steps >= 1, ">= 1"),
         ("train.batch", t.batch, t.batch >= 1, ">= 1"),
@@ -52,11 +57,41 @@ def check_settings(cfg: Config):
         ("data.crop", d.crop, d.crop >= 4 and d.crop % 4 == 0, "a positive multiple of 4 (the networks' input size)"),
         ("data.scale_min", d.scale_min, d.scale_min > 0, "> 0"),
         ("data.scale_max", d.scale_max, d.scale_max >= d.scale_min, f">= data.scale_min={d.scale_min}"),
+        ("optim.lr", o.lr, o.lr > 0, "> 0"),
+        ("optim.lr_step", o.lr_step, o.lr_step >= 1, ">= 1 (steps between two lr_gamma factors)"),
+        ("optim.lr_gamma", o.lr_gamma, 0 < o.lr_gamma <= 1, "in (0, 1] (the lr's factor every optim.lr_step steps)"),
+        ("optim.lr_min", o.lr_min, 0 <= o.lr_min <= o.lr, f"in [0, optim.lr={o.lr}] (the lr's floor)"),
+        ("optim.grad_clip", o.grad_clip, o.grad_clip >= 0, ">= 0 (0 = off)"),
+        ("loss.alpha", w.alpha, w.alpha >= 0, ">= 0 (the visibility mask's sharpness)"),
+    ] + [(f"optim.{name}", getattr(o, name), 0 <= getattr(o, name) < 1, "in [0, 1) (Adam's decay rate)")
+         for name in ("beta1", "beta2")
+    ] + [(f"loss.{name}", getattr(w, name), getattr(w, name) >= 0, ">= 0 (0 = off)")
+         for name in ("temporal", "long_term", "perceptual", "fidelity", "flow", "flow_cycle", "mask")
     ] + [(f"train.{name}", getattr(t, name), getattr(t, name) >= 0, ">= 0 (0 = off)")
          for name in ("log_every", "image_every", "ckpt_every")]
     for key, value, ok, want in rules:
         if not ok:
             raise UserError(f"{key} must be {want}, got {value}")
+    check_mask_settings(w)
+
+
+def check_mask_settings(w):
+    """The mask term's settings of cfg.loss, refused by key."""
+    if w.mask_target not in ("flow_star", "own_flow"):
+        raise UserError(f"loss.mask_target must be flow_star or own_flow, got {w.mask_target!r}")
+    if not 0 < w.mask_scale <= 1:
+        raise UserError(f"loss.mask_scale must be in (0, 1], got {w.mask_scale}")
+    if w.mask_norm not in ("l1", "l2"):
+        raise UserError(f"loss.mask_norm must be l1 or l2, got {w.mask_norm!r}")
+    if not 0 <= w.mask_balance < 1:
+        raise UserError(f"loss.mask_balance must be in [0, 1) (a visibility threshold; 0 = off), got {w.mask_balance}")
+
+
+def check_data_root(root: str):
+    """data.root is a folder: a missing one is named, with the two ways to get one."""
+    if not Path(root).is_dir():
+        raise MissingFile(f"data.root={root}: no such folder; set data.root to training data in Lai et al.'s layout "
+                          f"(root/train/..., root/lists/), or make some with `tdms-build-data --out {root}`")
 
 
 def check_amp(amp: str, device: torch.device):
@@ -78,8 +113,12 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_resume_config(cfg: Config, stored: dict, source: Path):
-    """A resumed run continues exactly: its config may differ from the checkpoint's only in RESUMABLE keys."""
+def check_resume_config(cfg: Config, stored: dict, step: int, source: Path):
+    """A resumed run continues exactly: its config may differ from the checkpoint's (at `step`) only in RESUMABLE
+    keys, and train.steps never goes below the step the run has reached (a checkpoint is not rewound)."""
+    if cfg.train.steps < step:
+        raise UserError(f"--resume: train.steps={cfg.train.steps} but the run in {source.parent} is already at step "
+                        f"{step}; give train.steps >= {step} (the run and its config stay as they are)")
     try:  # through the loader: a key added since the checkpoint takes its default
         old = flatten(to_dict(config_from_dict(stored)))
     except ValueError as e:
@@ -140,4 +179,4 @@ def write_run_record(out: Path, sha: str, device: torch.device, step: int, world
     else:
         record = json.loads(path.read_text())
         record.setdefault("resumes", []).append({**now, "step": step})
-    path.write_text(json.dumps(record))
+    write_bytes_atomic(path, json.dumps(record).encode())

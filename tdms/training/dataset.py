@@ -1,7 +1,9 @@
 """Training clips from Lai et al.'s layout (root/train/input/<dataset>/<video>/, root/train/processed/<task>/
 <dataset>/<video>/, root/lists/), with cached flows and the original code's augmentation: a scale drawn from
 U[scale_min, scale_max] (0.5, 2 by default) that keeps the short side >= crop, a random crop, one of the 8
-rotations/flips and temporal reversal. build_data and make_loader turn a config into the run's samples.
+rotations/flips and temporal reversal. No frame is ever scaled past scale_max (nor, without augmentation, past
+max(1, scale_max)): a crop larger than a video's short side × scale_max is refused, by key, before any work.
+build_data and make_loader turn a config into the run's samples.
 
 A sample is a dict:
     'input'     (S,3,h,w) float [0,1]   original frames I
@@ -11,6 +13,7 @@ A sample is a dict:
 Sample k is a pure function of (seed, k), so a resumed run sees exactly the data it would have seen.
 """
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +29,7 @@ from tdms import distributed
 from tdms.config import Config
 from tdms.errors import MissingFile, UserError
 from tdms.flow.cache import FlowCache
-from tdms.frames.io import list_frames, read_frame
+from tdms.frames.io import list_frames, read_frame, size_text
 from tdms.frames.layout import entries, read_list, read_tasks
 
 
@@ -83,6 +86,19 @@ def check_processed(clip: Clip, size: tuple[int, int]):
             raise UserError(f"{path}: processed frame is {pw}×{ph}, the input frames in {clip.input_dir} are {w}×{h}")
 
 
+def check_crop(crop: int, scale_max: float, video: Path, size: tuple[int, int], which: str = "video"):
+    """A crop of `crop` px is cut from the frames of `video` (size (H, W)) scaled by at most scale_max: refused when
+    the short side × scale_max falls short of it (the sampler would otherwise upsize every frame to the crop)."""
+    short = min(size)
+    if crop <= short * scale_max:
+        return
+    limit = int(short * scale_max) // 4 * 4  # data.crop is a multiple of 4
+    smaller = f"set data.crop <= {limit} or " if limit >= 4 else ""
+    raise UserError(f"data.crop={crop} is more than the {which} gives: {video} is {size_text(size)}, and a crop at "
+                    f"most its short side {short} × data.scale_max={scale_max:g} = {short * scale_max:g} px; {smaller}"
+                    f"data.scale_max >= {math.ceil(crop / short * 100) / 100:g}")
+
+
 def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
     return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if h < img.shape[0] else cv2.INTER_LINEAR)
 
@@ -130,12 +146,10 @@ class ClipDataset(Dataset):
         return self.length
 
     def _scale(self, rng, h: int, w: int) -> float:
-        need = self.crop / min(h, w)  # keep the short side >= crop
+        need = self.crop / min(h, w)  # keep the short side >= crop; check_crop made need <= scale_max
         if not self.augment:
             return max(1.0, need)
-        lo = max(self.scale_min, need)
-        hi = max(self.scale_max, lo)
-        return float(rng.uniform(lo, hi))
+        return float(rng.uniform(max(self.scale_min, need), self.scale_max))
 
     def __getitem__(self, k: int) -> dict:
         rng = np.random.default_rng([self.seed, k])
@@ -154,6 +168,7 @@ class ClipDataset(Dataset):
         for f, frame in zip(files, frames, strict=True):  # never resized to fit: a wrong size is an error
             if frame.shape[:2] != (h, w):
                 raise UserError(f"{f}: frame is {frame.shape[1]}×{frame.shape[0]}, {files[0]} is {w}×{h}")
+        check_crop(self.crop, self.scale_max, clip.input_dir, (h, w))
         ins, ps = frames[:len(idx)], frames[len(idx):]
         # F*_t = flow(frame t -> frame t-1) in the order the clip is played
         flows = []
@@ -185,7 +200,8 @@ class ClipDataset(Dataset):
 
 def build_data(cfg: Config, backend, world: distributed.World) -> ClipDataset:
     """The clips of cfg.data with their flows cached by `backend` (computed once per backend; slow for networks
-    on CPU). Every processed frame is checked before any flow is computed, so a bad one fails at once, by name.
+    on CPU). Every processed frame, and data.crop against the smallest video, is checked before any flow is computed,
+so a bad one fails at once, by name.
 
     With several processes each fills the cache for its share of the videos (entries are written atomically),
     then all wait for the others."""
@@ -193,8 +209,12 @@ def build_data(cfg: Config, backend, world: distributed.World) -> ClipDataset:
     root = Path(d.root)
     clips = find_clips(root, d.phase, root / d.tasks_list)
     cache = FlowCache(Path(d.flow_cache or root / "cache" / "flow"), backend)
+    sizes = {}
     for clip in clips:
-        check_processed(clip, cache.source(clip.input_dir).size)
+        sizes[clip.input_dir] = cache.source(clip.input_dir).size
+        check_processed(clip, sizes[clip.input_dir])
+    smallest = min(sizes, key=lambda video: min(sizes[video]))
+    check_crop(d.crop, d.scale_max, smallest, sizes[smallest], "smallest video")
     ds = ClipDataset(clips, cache, d.sample_frames, d.crop, d.scale_min, d.scale_max, d.augment, cfg.train.seed,
                      frame_gap=d.frame_gap)
     videos = distributed.shard(sorted({c.input_dir for c in clips}), world)

@@ -29,6 +29,7 @@ from tdms.nets.build import build_model
 from tdms.training.checks import (
     batches,
     check_amp,
+    check_data_root,
     check_resume_config,
     check_run_folder,
     check_settings,
@@ -49,11 +50,12 @@ def train(cfg: Config, resume: bool = False, init_weights: str = "") -> Path:
     last = out / LAST
     check_run_folder(last, resume)
     check_settings(cfg)
+    check_data_root(cfg.data.root)
     device, world = start(cfg)
     ckpt = None
     if resume:
         ckpt = read_checkpoint(last)
-        check_resume_config(cfg, ckpt["config"], last)
+        check_resume_config(cfg, ckpt["config"], ckpt["step"], last)
     model, opt, sched, scaler, step = build_state(cfg, device, ckpt, last, init_weights)
     aux, backend = build_aux(cfg, device, scaler)
     ds = build_data(cfg, backend, world)

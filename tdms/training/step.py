@@ -16,7 +16,7 @@ from tdms.errors import UserError
 from tdms.flow.occlusion import visibility_mask
 from tdms.flow.warp import warp
 from tdms.training import losses as L
-from tdms.training.checks import show_terms
+from tdms.training.checks import check_mask_settings, show_terms
 
 
 class NonFiniteLoss(UserError):
@@ -69,18 +69,6 @@ def step_losses(out: dict, f: dict, w, aux: Aux, long=None) -> dict:
     if w.flow_cycle > 0:
         terms["flow_cycle"] = L.flow_cycle_loss(aux.cycle_flow, f["i_prev"], f["i_t"], f["o_prev"], o_t)
     return terms
-
-
-def check_mask_settings(w):
-    """The mask term's settings of cfg.loss, refused by key."""
-    if w.mask_target not in ("flow_star", "own_flow"):
-        raise UserError(f"loss.mask_target must be flow_star or own_flow, got {w.mask_target!r}")
-    if not 0 < w.mask_scale <= 1:
-        raise UserError(f"loss.mask_scale must be in (0, 1], got {w.mask_scale}")
-    if w.mask_norm not in ("l1", "l2"):
-        raise UserError(f"loss.mask_norm must be l1 or l2, got {w.mask_norm!r}")
-    if not 0 <= w.mask_balance < 1:
-        raise UserError(f"loss.mask_balance must be in [0, 1) (a visibility threshold; 0 = off), got {w.mask_balance}")
 
 
 def clip_losses(model, batch: dict, cfg: Config, aux: Aux | None = None) -> tuple[float, dict]:

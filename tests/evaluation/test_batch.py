@@ -9,7 +9,9 @@ import pytest
 import yaml
 
 from tdms.commands.evaluate import main
+from tdms.flow import build_flow
 from tdms.frames.io import FrameSource, list_frames
+from tdms.inference.recurrence import naive_frames
 from tests.conftest import write_video
 
 TASK, DATASET = "gain/flicker", "toy"
@@ -129,3 +131,36 @@ def test_bad_batch_usage(lai_root, tmp_path, capsys):
     reserved = ["--data-dir", str(lai_root), "--results", f"processed={tmp_path / 'r'}", "--out", str(tmp_path / "e")]
     assert main(reserved) == 1
     assert "reserved" in capsys.readouterr().err
+
+
+def test_margins_protocols_and_tradeoff_charts(lai_root, tmp_path, capsys):
+    """The ½/½ blend written as tdms-test writes it sits on the curve (margin 0 per video, task and dataset); the
+    processed frames (D_t 0) lie outside it; the protocol comes from each result's marker."""
+    blend, same = tmp_path / "out" / "blend", tmp_path / "out" / "same"
+    for k in range(2):
+        video = f"test/input/{DATASET}/v{k}", f"test/processed/{TASK}/{DATASET}/v{k}"
+        pairs = zip(*(FrameSource(lai_root / v) for v in video), strict=True)
+        write_video(blend / TASK / DATASET / f"v{k}", list(naive_frames(build_flow("dis", "medium"), pairs)))
+        (blend / TASK / DATASET / f"v{k}" / ".tdms-output.json").write_text(json.dumps({"protocol": "original"}))
+        shutil.copytree(lai_root / video[1], same / TASK / DATASET / f"v{k}")
+    args = ["--data-dir", str(lai_root), "--cache", str(tmp_path / "cache"), "--no-tracking", "--no-lpips",
+            "--videos", "0", "--results", f"blend={blend}", f"same={same}", "--out", str(tmp_path / "e")]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    out = tmp_path / "e"
+    s = json.loads((out / "metrics.json").read_text())
+    assert s["protocols"] == {"blend": "original", "same": "tdms"}
+    rows = {(r["method"], r["video"]): r for r in csv.DictReader(open(out / "videos.csv"))}
+    assert all(abs(float(rows[("blend", f"v{k}")]["margin"])) < 1e-9 for k in range(2))
+    assert rows[("same", "v0")]["margin"] == "" and rows[("blend", "v0")]["protocol"] == "original"
+    margins = {r["task"]: r for r in s["tables"]["margin"]}
+    assert abs(margins[TASK]["blend"]) < 1e-9 and abs(margins["mean"]["blend"]) < 1e-9
+    assert margins[TASK]["same"] is None
+    curve = [c for c in s["curves"] if c["task"] == TASK][0]
+    assert len(curve["psnr"]) == 9 and curve["relative_reduction"][0] > 0
+    md = (out / "tables.md").read_text()
+    assert "| blend | original |" in md and "| toy | gain/flicker | +0.000 | outside the curve |" in md
+    assert "## Margin over the naive blend" in printed and "- processed " not in md  # P itself has no margin
+    for name in (f"tradeoff_{DATASET}.png", f"tradeoff_{DATASET}_gain_flicker.png"):
+        assert (out / "plots" / name).stat().st_size > 5000
+    assert len(list((tmp_path / "cache").rglob("blend_*.json"))) == 2  # one curve per input video, beside its flows

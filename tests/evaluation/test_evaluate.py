@@ -1,6 +1,8 @@
 """tdms-evaluate on one video, end to end on tiny synthetic videos in tmp_path."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -80,7 +82,7 @@ def test_single_video(tmp_path, capsys):
     assert m["composite_note"] == "needs lpips"
     t = m["tracking"]
     assert 0.0 <= m["tracking_iou"] <= 1.0 and t["reference"] == "tracker" and t["tracker"] == "csrt"
-    assert t["frames"] + t["no_reference"] == N - 1 and t["box_source"] in ("motion", "centre")
+    assert t["frames"] + t["no_reference"] == N - 1 and t["box_source"] in ("motion", "texture", "centre")
     assert len(m["per_frame"]["boxes"]) == N
     printed = capsys.readouterr().out
     assert "warping_error" in printed and "note: lpips: LPIPS (alex) needs" in printed
@@ -279,3 +281,48 @@ def test_network_flow_without_weights_names_the_file(tmp_path, capsys, monkeypat
                  "--flow-checkpoint", str(tmp_path / "FlowNet2_checkpoint.pth.tar"), "--out", str(tmp_path / "e")])
     assert code == 1
     assert "FlowNet2_checkpoint.pth.tar" in capsys.readouterr().err
+
+
+def test_a_refused_input_leaves_no_out_folder(tmp_path, capsys):
+    inp, proc, res = make_video(tmp_path)
+    out = tmp_path / "new_eval"
+    assert run(tmp_path / "no_such_input", res, out, "--no-tracking", proc=proc) == 1
+    assert "no_such_input" in capsys.readouterr().err and not out.exists()
+    short = write_video(tmp_path / "short", [moving(k) for k in range(N - 1)])
+    assert run(inp, short, out, "--no-tracking", proc=proc) == 1 and not out.exists()
+    kept = tmp_path / "kept"  # a folder that was there before stays, empty as it was
+    kept.mkdir()
+    assert run(inp, short, kept, "--no-tracking", proc=proc) == 1 and kept.is_dir()
+
+
+@pytest.mark.slow  # a new Python process that imports torch
+def test_sigterm_exits_143_and_leaves_no_new_out_folder(tmp_path):
+    inp, proc, res = make_video(tmp_path)
+    out = tmp_path / "eval"
+    script = ("import os, signal, sys\n"
+              "import tdms.commands.evaluate as ev\n"
+              "ev.evaluate_video = lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM)\n"
+              "sys.exit(ev.main(sys.argv[1:]))\n")
+    args = ["--input", str(inp), "--results", str(res), "--processed", str(proc), "--out", str(out), "--no-tracking"]
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 143, done.stderr
+    assert "Traceback" not in done.stderr and not out.exists()
+
+
+def test_single_video_margin_curve_chart_and_protocol(tmp_path, capsys):
+    inp, proc, res = make_video(tmp_path)
+    (res / ".tdms-output.json").write_text(json.dumps({"method": "tdms", "protocol": "original"}))
+    assert run(inp, res, tmp_path / "eval", "--no-tracking", proc=proc) == 0
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert m["protocol"] == "original" and len(m["blend_curve"]["psnr"]) == 9
+    # O = P without its flicker: D_t near 1, beyond the blend's a = 0.9 point, so no margin, said why
+    assert m["relative_reduction"] > m["blend_curve"]["relative_reduction"][-1]
+    assert m["margin"] is None and "outside the naive curve's D_t range" in m["margin_note"]
+    assert (tmp_path / "eval" / "tradeoff.png").stat().st_size > 5000
+    printed = capsys.readouterr().out
+    assert "| original |" in printed and "naive blend curve (a: D_t / PSNR dB): 0.1: " in printed
+    assert "note: margin: D_t" in printed
+    assert run(inp, res, tmp_path / "no_p", "--no-tracking") == 0  # without P: no curve, no chart
+    m = json.loads((tmp_path / "no_p" / "metrics.json").read_text())
+    assert m["protocol"] == "original" and m["margin"] is None and "--processed" in m["margin_note"]
+    assert not (tmp_path / "no_p" / "tradeoff.png").exists()

@@ -47,9 +47,10 @@ def test_summary_by_hand():
     assert m1a["composite"] == pytest.approx(sum(c) / 2)
     assert m1b["composite"] is None and m1b["excluded"] == {}  # the only video has no IoU: nothing to average
     assert m2a["psnr"] == math.inf and m2a["excluded"] == {"psnr": 1}  # the NaN is left out and counted
-    assert s["tasks"][("m2", "D", "b")] == {"videos": 0, "not_evaluated": 1, "excluded": {}, **{
+    assert s["tasks"][("m2", "D", "b")] == {"videos": 0, "not_evaluated": 1, "excluded": {}, "margin": None, **{
         k: None for k in ("relative_reduction", "tracking_iou", "composite", "warping_error", "lpips", "psnr",
-                          "ssim")}}
+                          "ssim")}, "tradeoff": {"margin": None,
+                                                 "margin_note": "no video with D_t, PSNR and a naive curve"}}
     o1, o2 = s["overall"][("m1", "D")], s["overall"][("m2", "D")]
     assert o1["warping_error"] == pytest.approx(((0.005 + 0.03) / 2 + 0.001) / 2)  # mean over tasks of task means
     assert o1["relative_reduction_sum"] == pytest.approx(1.0)
@@ -61,6 +62,61 @@ def test_summary_by_hand():
     assert d_t[("D", "sum")]["m1"] == pytest.approx(1.0)
     e = s["tables"]["warping_error"][0]
     assert list(e) == ["dataset", "task", "processed", "m1", "m2"] and e["processed"] == pytest.approx(0.015)
+
+
+# Hand-made blend curves (D_t, PSNR at three a's) for the processed rows of task a.
+CURVE_V1 = {"alphas": [0.1, 0.5, 0.9], "relative_reduction": [0.2, 0.4, 0.8], "psnr": [32.0, 28.0, 24.0]}
+CURVE_V2 = {"alphas": [0.1, 0.5, 0.9], "relative_reduction": [0.0, 0.2, 0.6], "psnr": [24.0, 20.0, 16.0]}
+
+
+def curve_rows():
+    r = rows()
+    r[0]["blend_curve"], r[1]["blend_curve"] = CURVE_V1, CURVE_V2
+    r[3]["protocol"] = r[4]["protocol"] = r[5]["protocol"] = "tdms"
+    r[6]["protocol"], r[7]["protocol"] = "original", "tdms"
+    return r
+
+
+def test_margins_per_video_task_and_dataset_by_hand():
+    r = curve_rows()
+    s = summarise(r, ["m1", "m2"], "processed", use_iou=True)
+    m1_v1, m1_v2, m1_b = r[3], r[4], r[5]
+    # m1 a/v1: D_t 0.5, PSNR 30; the curve at 0.5 is 28 - (0.1/0.4)·4 = 27 dB: +3 dB
+    assert m1_v1["margin"] == pytest.approx(3.0)
+    # m1 a/v2: D_t 0 (E above E(P)), PSNR 20: the curve starts at 0 with 24 dB: -4 dB
+    assert m1_v2["margin"] == pytest.approx(-4.0)
+    assert m1_b["margin"] is None and "no naive curve" in m1_b["margin_note"]  # task b has no curve
+    assert r[7]["margin"] is None and r[7]["margin_note"] == "needs D_t and PSNR"  # m2 a/v2: PSNR NaN
+    # task a of m1: the mean point (D_t 0.25, PSNR 25) against the mean curve (0.1, 28), (0.3, 24), (0.7, 20),
+    # which is 24 + (0.05/0.2)·4 = 25 dB at 0.25: margin 0
+    a = s["tasks"][("m1", "D", "a")]
+    assert a["tradeoff"]["curve"]["psnr"] == pytest.approx([28.0, 24.0, 20.0])
+    assert a["tradeoff"]["relative_reduction"] == pytest.approx(0.25) and a["tradeoff"]["psnr"] == pytest.approx(25)
+    assert a["margin"] == pytest.approx(0.0, abs=1e-12)
+    assert s["overall"][("m1", "D")]["margin"] == pytest.approx(0.0, abs=1e-12)  # task b has no curve: task a's
+    # m2 a: only v1 has a PSNR (inf: O = P on a frame), at D_t 0.8, CURVE_V1's last point: an inf margin
+    assert s["tasks"][("m2", "D", "a")]["margin"] == math.inf
+    assert s["curves"][("D", "a")]["psnr"] == pytest.approx([28.0, 24.0, 20.0]) and ("D", "b") not in s["curves"]
+    assert s["curves"][("D", "mean")] == s["curves"][("D", "a")]
+    assert s["protocols"] == {"m1": "tdms", "m2": "mixed: original, tdms"}
+    margins = {(t["dataset"], t["task"]): t for t in s["tables"]["margin"]}
+    assert margins[("D", "a")]["m1"] == pytest.approx(0.0, abs=1e-12) and margins[("D", "b")]["m1"] is None
+
+
+def test_markdown_shows_protocols_margins_and_the_curve():
+    r = curve_rows()
+    r[3]["psnr"] = 40.0  # m1 a/v1 far above the curve: D_t 0.5 is inside its range
+    r[4]["warping_error"] = 0.001  # m1 a/v2: D_t 0.95, outside CURVE_V2's 0.0–0.6
+    s = summarise(r, ["m1", "m2"], "processed", use_iou=True)
+    text = markdown(s, r, "test")
+    assert "| m1 | tdms |" in text and "| m2 | mixed: original, tdms |" in text
+    assert "## Margin over the naive blend" in text and "| D | a | outside the curve |" in text
+    assert "- m1 a/D/v2: D_t 0.9500 outside the naive curve's D_t range 0.0000–0.6000" in text
+    assert "| D | a | 0.100 / 28.00 | 0.300 / 24.00 | 0.700 / 20.00 |" in text  # the mean curve of task a
+    table = list(csv.DictReader(io.StringIO(videos_csv(r))))
+    m1 = {t["video"]: t for t in table if t["method"] == "m1" and t["task"] == "a"}
+    assert float(m1["v1"]["margin"]) == pytest.approx(13.0) and m1["v2"]["margin"] == ""
+    assert m1["v1"]["protocol"] == "tdms"
 
 
 def test_markdown_and_csv_mark_gaps():

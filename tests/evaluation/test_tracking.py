@@ -9,11 +9,16 @@ from tdms.evaluation.tracking import (
     annotation_boxes,
     box_iou,
     centre_box,
+    is_flat,
+    jpeg_copy,
     mask_box,
     motion_box,
     parse_box,
     read_ids,
     score_boxes,
+    stable,
+    texture_boxes,
+    to_bgr8,
     track,
 )
 
@@ -151,3 +156,28 @@ def test_a_box_the_tracker_cannot_start_on_is_an_error():
     frames, _ = moving_patch(n=2)
     with pytest.raises(ValueError, match=r"csrt tracker cannot start on box \(5, 5, 1, 1\)"):
         track(frames, (5, 5, 1, 1), "csrt")
+
+
+def test_flat_patches_and_textured_boxes():
+    frame = np.full((96, 128, 3), 0.5, np.float32)
+    frame[40:72, 70:102] = PATCH  # the only texture: a face
+    bgr = to_bgr8(frame)
+    assert is_flat(bgr, (0, 0, 40, 40)) and not is_flat(bgr, (70, 40, 32, 32))
+    assert is_flat(bgr, (200, 200, 10, 10))  # outside the frame: nothing there
+    boxes = texture_boxes(frame, count=3)
+    assert all(b[2] == b[3] == 24 for b in boxes)  # a quarter of the short side
+    assert box_iou(boxes[0], (70, 40, 32, 32)) > 0.3  # the best box lies on the face
+    assert all(box_iou(a, b) < 0.1 for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    assert texture_boxes(np.zeros((96, 128, 3), np.float32)) == []  # all black: no box at all
+    copy = jpeg_copy(frame)
+    assert copy.shape == frame.shape and 0 < np.abs(copy - frame).max() < 0.2
+
+
+def test_stable_needs_the_same_path_on_the_copy_and_few_losses():
+    ref = [(0, 0, 10, 10)] * 5
+    assert stable(ref, ref)
+    assert not stable(ref, [(0, 0, 10, 10)] + [(8, 0, 10, 10)] * 4)  # another path: IoU 2/18 per frame
+    assert not stable(ref, ref[:4] + [None])  # one of the 4 scored frames lost on the copy: mean IoU 0.75
+    six = [(0, 0, 10, 10)] * 6
+    assert stable(six, six[:5] + [None])  # one of 5 lost: 0.8, just enough
+    assert not stable(six[:2] + [None] * 4, six[:2] + [None] * 4)  # the reference itself is lost in 4 of 5

@@ -1,0 +1,145 @@
+"""What one layer or one kernel costs on this machine: conv MACs of the network, the matmul and 128-channel conv
+rates it is held against, the narrow output layers by both routes, and the device's clocks and memory."""
+
+import copy
+import resource
+import time
+
+import torch
+import torch.nn as nn
+
+from tdms.inference.fast import AMP
+from tdms.nets.layers import ColumnConvLayer, ConvLayer, UpsampleConvLayer
+
+
+def conv_macs(model: nn.Module, h: int, w: int) -> int:
+    """Multiply-accumulates of one forward at (h, w), from the conv layers' output shapes (on the meta device)."""
+    total = 0
+
+    def hook(mod, inp, out):
+        nonlocal total
+        if isinstance(mod, UpsampleConvLayer):  # 4 phases × 2×2 taps on the input padded by 1 (its conv2d idles)
+            c = mod.conv2d
+            total += (inp[0].shape[2] + 1) * (inp[0].shape[3] + 1) * 4 * c.out_channels * c.in_channels * 4
+        elif isinstance(mod, nn.ConvTranspose2d):  # every input pixel meets every kernel tap
+            total += inp[0].numel() // inp[0].shape[0] * mod.out_channels * mod.kernel_size[0] * mod.kernel_size[1]
+        else:
+            total += out.numel() // out.shape[0] * (mod.in_channels // mod.groups) * mod.kernel_size[0] \
+                * mod.kernel_size[1]
+
+    meta = copy.deepcopy(model).to("meta")
+    for m in meta.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, UpsampleConvLayer)):
+            m.register_forward_hook(hook)
+    x = torch.zeros(1, 3, h, w, device="meta")
+    # a flow prior (DIS) is not a convolution and cannot run on meta tensors: a given zero prior skips it
+    prior = {"prior": torch.zeros(1, 2, h, w, device="meta")} if getattr(model, "flow_prior", False) else {}
+    with torch.inference_mode():
+        meta(x, x, x, x, **prior)
+    return total
+
+
+def peak_matmul_gflops(device: torch.device, dtype=torch.float32, n: int = 2048, seconds: float = 2.0) -> float:
+    """Measured GFLOP/s of a large square matmul: the machine's practical roofline for conv layers."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    for _ in range(2):
+        a @ b
+    sync(device)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    sync(device)
+    return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
+
+
+def sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def reset_peak_memory(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def timed(fn, device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def route_ms(fn, x: torch.Tensor, device: torch.device, amp: str, reps: int) -> tuple[torch.Tensor, float, float]:
+    """fn(x)'s output, and ms forward and forward+backward (the best of `reps`, after a warm-up) under `amp`."""
+    dt = AMP[amp]
+
+    def forward():
+        with torch.inference_mode(), torch.autocast(device.type, dt or torch.float32, enabled=dt is not None):
+            return fn(x)
+
+    def both():
+        with torch.autocast(device.type, dt or torch.float32, enabled=dt is not None):
+            y = fn(x.detach().requires_grad_())
+        y.float().sum().backward()
+
+    times = []
+    for run in (forward, both):
+        run()  # kernel choice
+        times.append(1e3 * min(timed(run, device) for _ in range(reps)))
+    return forward().float(), times[0], times[1]
+
+
+def output_layer_routes(model, device: torch.device, h: int, w: int, amp: str, channels_last: bool,
+                        reps: int = 3) -> dict:
+    """The model's narrow k×k output layers (ColumnConvLayer) on h×w inputs, in `amp` and the memory format, by the
+    plain conv and by columns: ms forward and forward+backward and the largest difference of the two outputs. It
+    says whether the column route pays on the device (forward takes it on ColumnConvLayer.devices only, CPU).
+    Layers are copied: the model's own parameters get no gradients."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = {}
+    for name, layer in model.named_modules():
+        if not isinstance(layer, ColumnConvLayer):
+            continue
+        layer = copy.deepcopy(layer).float().to(device, memory_format=fmt)
+        x = torch.rand(1, layer.conv2d.in_channels, h, w, device=device).contiguous(memory_format=fmt)
+        x = x.to(AMP[amp]) if AMP[amp] else x
+        plain, *plain_ms = route_ms(lambda x, layer=layer: ConvLayer.forward(layer, x), x, device, amp, reps)
+        cols, *cols_ms = route_ms(layer.by_columns, x, device, amp, reps)
+        out[name] = {"plain_forward_ms": plain_ms[0], "plain_forward_backward_ms": plain_ms[1],
+                     "columns_forward_ms": cols_ms[0], "columns_forward_backward_ms": cols_ms[1],
+                     "max_abs_diff": (plain - cols).abs().max().item()}
+    return out
+
+
+def conv_gflops(device: torch.device, h: int, w: int, dtype: str, channels_last: bool, seconds: float = 2.0) -> float:
+    """GFLOP/s of one 128-channel 3×3 conv at the residual blocks' size (1×128×h/4×w/4) in `dtype`: the rate the
+    network's bulk could reach, to hold its whole forward against."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    dt = AMP[dtype] or torch.float32
+    conv = nn.Conv2d(128, 128, 3, padding=1).to(device, dt, memory_format=fmt).eval()
+    x = torch.rand(1, 128, h // 4, w // 4, device=device).to(dt).contiguous(memory_format=fmt)
+    with torch.inference_mode():
+        for _ in range(3):
+            conv(x)
+        sync(device)
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            conv(x)
+            count += 1
+        sync(device)
+    return 2 * 128 * 128 * 9 * (h // 4) * (w // 4) * count / (time.perf_counter() - start) / 1e9

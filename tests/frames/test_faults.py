@@ -1,0 +1,98 @@
+"""Frame I/O under faults: a damaged video says how much it read and nothing else, a video that does not read back
+whole is never renamed into place, and a stopped prefetch leaves no thread behind."""
+
+import errno
+import os
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from tdms.errors import UserError
+from tdms.frames import io
+from tdms.frames.io import FrameSource, FrameWriter, prefetch, write_frame
+
+
+def test_a_truncated_video_is_one_line_without_decoder_noise(tmp_path, capfd):
+    rng = np.random.default_rng(0)
+    with FrameWriter(tmp_path / "good.mp4") as w:
+        for _ in range(10):
+            w.write(rng.random((48, 64, 3)).astype(np.float32))
+    data = (tmp_path / "good.mp4").read_bytes()
+    capfd.readouterr()
+    for name, cut in (("half.mp4", data[: len(data) // 2]), ("tail.mp4", data[:-200]), ("empty.mp4", b"")):
+        (tmp_path / name).write_bytes(cut)
+        with pytest.raises(UserError, match=rf"{name}: cannot read video \(0 frames decoded: truncated, damaged"):
+            FrameSource(tmp_path / name)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""  # FFmpeg's own lines ("moov atom not found", ...) are silenced
+
+
+def test_a_video_that_does_not_read_back_whole_is_removed(tmp_path, monkeypatch):
+    real = cv2.VideoWriter
+
+    class Refuses:  # OpenCV 5's encoder saying it could not take a frame
+        def __init__(self, *args):
+            self.video = real(*args)
+
+        def isOpened(self):
+            return True
+
+        def write(self, img):
+            return False
+
+        def release(self):
+            self.video.release()
+
+    monkeypatch.setattr(cv2, "VideoWriter", Refuses)
+    w = FrameWriter(tmp_path / "o.mp4")
+    with pytest.raises(UserError, match=r"o.mp4: the video encoder failed \(the encoder refused frame 0\)"):
+        w.write(np.zeros((8, 8, 3), np.float32))
+    assert list(tmp_path.iterdir()) == []
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(io, "write_bytes_atomic", full)  # the disk is full: the space probe fails too
+    with pytest.raises(UserError, match=r"^no space left on device: .*o.mp4 \(the encoder refused frame 0; the "):
+        FrameWriter(tmp_path / "o.mp4").write(np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(UserError, match=r"^no space left on device: .*a.png; free some space or write elsewhere$"):
+        write_frame(tmp_path / "a.png", np.zeros((8, 8, 3), np.float32))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_frames_keep_given_numbers_and_record_their_files(tmp_path):
+    frames = [np.full((4, 6, 3), v, np.float32) for v in (0.0, 0.5, 1.0)]
+    with FrameWriter(tmp_path / "o", numbers=[1, 2, 5]) as w:
+        for f in frames:
+            w.write(f)
+    assert sorted(w.files) == ["00001.png", "00002.png", "00005.png"]
+    assert w.files["00005.png"] == io.file_record((tmp_path / "o" / "00005.png").read_bytes())
+    with FrameWriter(tmp_path / "o", numbers=[6], keep=True) as w:  # appends, as a resumed run does
+        w.write(frames[0])
+    assert [p.name for p in FrameSource(tmp_path / "o").paths] == ["00001.png", "00002.png", "00005.png", "00006.png"]
+    assert io.cuts(FrameSource(tmp_path / "o")) == [2]  # 00002 -> 00005 jumps
+
+
+def test_a_stopped_prefetch_leaves_no_thread(tmp_path):
+    def endless():
+        while True:
+            yield np.zeros(3)
+
+    before = threading.active_count()
+    it = prefetch(endless(), depth=2)
+    next(it)
+    time.sleep(0.1)  # the thread has filled its queue and waits
+    assert threading.active_count() == before + 1
+    it.close()
+    assert threading.active_count() == before
+
+    def fails():
+        yield 1
+        raise UserError("bad frame")
+
+    with pytest.raises(UserError, match="bad frame"):
+        list(prefetch(fails()))
+    assert threading.active_count() == before
