@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
-from tdms.frames.io import write_frame
+from tdms.frames.writers import write_frame
 
 
 def moving_frames(n=6, h=32, w=40, shift=1, seed=0):

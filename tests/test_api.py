@@ -286,7 +286,7 @@ def test_an_api_output_on_a_full_disk_or_a_read_only_folder(clip, tmp_path, monk
     import os
     import tempfile
 
-    from tdms.frames import io, outputs
+    from tdms.frames import outputs, writers
 
     out = tmp_path / "O"
     tdms.stabilize(*clip, method="identity", output=out)
@@ -296,7 +296,7 @@ def test_an_api_output_on_a_full_disk_or_a_read_only_folder(clip, tmp_path, monk
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     with monkeypatch.context() as m:
-        m.setattr(io, "write_bytes_atomic", full)
+        m.setattr(writers, "write_bytes_atomic", full)
         with pytest.raises(ValueError, match=r"^no space left on device: .*\.O\.partial/00000\.png"):
             tdms.stabilize(*clip, method="identity", output=out, overwrite=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

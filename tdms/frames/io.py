@@ -4,8 +4,6 @@ Every frame handed to or returned by this module is float32 RGB (H, W, 3) in [0,
 """
 
 import copy
-import errno
-import hashlib
 import os
 import queue
 import re
@@ -17,25 +15,15 @@ import numpy as np
 import torch
 
 from tdms.errors import MissingFile, UserError
-from tdms.files import write_bytes_atomic
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv")
-# Codec per written container: mp4v (MPEG-4 part 2) ships with OpenCV's FFmpeg; MJPG is the safe AVI choice.
-FOURCC = {".mp4": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
-JPEG_QUALITY = 95  # OpenCV's own default, used when quality is None
 PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk (type + CRC) that closes every complete PNG
 # FFmpeg's own log (AV_LOG_QUIET = -8): a damaged video otherwise prints a dozen decoder lines before tdms's one
 # message. OpenCV reads it when its FFmpeg backend starts, at the first capture; set it to debug a video.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
-def write_error(err: OSError, where) -> UserError:
-    """An OSError of writing `where` as the one line a command prints: a full disk, or a folder not writable."""
-    if err.errno in NO_SPACE:
-        return UserError(f"no space left on device: {where}; free some space or write elsewhere")
-    return UserError(f"cannot write {where}: {err.strerror or err}")
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -156,47 +144,10 @@ def read_frame(path) -> np.ndarray:
     return to_float_rgb(arr, path)
 
 
-def to_uint8_bgr(img: np.ndarray, name) -> np.ndarray:
-    """Float RGB (H,W,3) in [0,1] -> uint8 BGR (H,W,3): clipped, rounded to nearest."""
-    img = np.asarray(img)
-    if img.ndim != 3 or img.shape[2] != 3:
-        raise UserError(f"{name}: expected an (H, W, 3) frame, got {img.shape}")
-    if not np.isfinite(img).all():
-        raise UserError(f"{name}: frame has NaN or infinite values")
-    out = np.rint(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
-    return np.ascontiguousarray(out[:, :, ::-1])
 
 
-def file_record(data: bytes) -> list:
-    """[size, first 16 hex digits of the SHA-256] of a file's bytes: how an output folder records its frames."""
-    return [len(data), hashlib.sha256(data).hexdigest()[:16]]
 
 
-def write_frame(path, img: np.ndarray, quality=None) -> list:
-    """Write a float RGB frame (H,W,3) in [0,1], clipped and rounded to uint8, atomically; returns the file's
-    file_record. A full disk or an unwritable folder is a UserError (write_error).
-
-    PNG/BMP/TIFF are lossless; .jpg/.jpeg use quality (1-100, default 95), which other types ignore.
-    """
-    path = Path(path)
-    ext = path.suffix.lower()
-    if ext not in IMAGE_EXTS:
-        raise UserError(f"{path}: unsupported image type (use one of {', '.join(IMAGE_EXTS)})")
-    params = []
-    if ext in (".jpg", ".jpeg"):
-        quality = JPEG_QUALITY if quality is None else int(quality)
-        if not 1 <= quality <= 100:
-            raise UserError(f"{path}: JPEG quality must be in 1..100, got {quality}")
-        params = [cv2.IMWRITE_JPEG_QUALITY, quality]
-    ok, buf = cv2.imencode(ext, to_uint8_bgr(img, path), params)
-    if not ok:
-        raise UserError(f"{path}: cannot encode image")
-    data = buf.tobytes()
-    try:
-        write_bytes_atomic(path, data)
-    except OSError as err:
-        raise write_error(err, path) from None
-    return file_record(data)
 
 
 class FrameSource:
@@ -262,134 +213,10 @@ class FrameSource:
         return (twin[i] for i in range(len(twin)))
 
 
-class FrameWriter:
-    """Write frames to a folder (%05d.ext: 0, 1, ... or the given `numbers`) or to a video (.mp4/.mov/.mkv: mp4v,
-    .avi: MJPG).
-
-    Refuses an output that already holds frames (or an existing video) unless overwrite=True, which first
-    deletes the folder's image files so no stale frame survives (call check_output before), or keep=True, which
-    appends after them (a resumed output). `files` maps each frame file written to its file_record. A video is
-    encoded to a hidden temp file renamed at close() once it reads back whole (the encoder accepted every frame,
-    and the file reopened holds them all); otherwise, or on an exception inside `with`, the temp file is removed.
-    Video frames need an even width and height (the encoders silently crop odd sizes).
-    """
-
-    def __init__(self, out, fps: float = 30.0, ext: str = ".png", quality=None, overwrite: bool = False,
-                 numbers: list[int] | None = None, keep: bool = False):
-        self.out = Path(out)
-        self.fps, self.quality, self.count, self.numbers, self.files = float(fps), quality, 0, numbers, {}
-        self.is_video = self.out.suffix.lower() in VIDEO_EXTS
-        self.ext = ext.lower() if ext.startswith(".") else f".{ext.lower()}"
-        self._video, self._size = None, None
-        if self.is_video:
-            if self.out.exists() and not overwrite:
-                raise UserError(f"{self.out}: already exists (pass overwrite=True to replace it)")
-            self._tmp = self.out.with_name(f".{self.out.stem}.{os.getpid()}.partial{self.out.suffix}")
-            return
-        if self.ext not in IMAGE_EXTS:
-            raise UserError(f"{self.out}: unsupported frame type {ext!r} (use one of {', '.join(IMAGE_EXTS)})")
-        if self.out.exists() and not self.out.is_dir():
-            raise UserError(f"{self.out}: exists and is not a folder")
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise write_error(err, self.out) from None
-        old = image_files(self.out)
-        if old and not (overwrite or keep):
-            raise UserError(f"{self.out}: already holds {len(old)} image files (pass overwrite=True)")
-        for p in [] if keep else old:
-            p.unlink()
-
-    def write(self, img: np.ndarray) -> None:
-        """Append one float RGB frame (H,W,3) in [0,1]."""
-        if not self.is_video:
-            name = f"{self.count if self.numbers is None else self.numbers[self.count]:05d}{self.ext}"
-            self.files[name] = write_frame(self.out / name, img, self.quality)
-            self.count += 1
-            return
-        bgr = to_uint8_bgr(img, self.out)
-        h, w = bgr.shape[:2]
-        if self._video is None:
-            if h % 2 or w % 2:
-                raise UserError(
-                    f"{self.out}: video frames need an even width and height, got {size_text((h, w))} "
-                    "(write a frame folder instead)"
-                )
-            try:
-                self.out.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise write_error(err, self.out.parent) from None
-            fourcc = cv2.VideoWriter_fourcc(*FOURCC[self.out.suffix.lower()])
-            self._video, self._size = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, (w, h)), (h, w)
-            if not self._video.isOpened():
-                raise self._broken("cannot open a video encoder")
-        if (h, w) != self._size:
-            raise UserError(
-                f"{self.out}: frame {self.count} is {size_text((h, w))}, earlier frames {size_text(self._size)}"
-            )
-        if self._video.write(bgr) is False:  # OpenCV >= 5 says whether the encoder took the frame (4.x: None)
-            raise self._broken(f"the encoder refused frame {self.count}")
-        self.count += 1
-
-    def close(self) -> None:
-        """Finish the output; for a video, check that it reads back whole and rename the temp file into place."""
-        if not self.is_video:
-            return
-        if self._video is None:
-            if self.count == 0:
-                raise UserError(f"{self.out}: no frames written")
-            return  # already closed
-        self._video.release()
-        self._video = None
-        if (read := count_frames(self._tmp)) != self.count:
-            raise self._broken(f"{read} of its {self.count} frames read back")
-        os.replace(self._tmp, self.out)
-
-    def _broken(self, what: str) -> UserError:
-        """The encoder failed (they do not say why): remove the temp file, after asking whether the disk is full
-        while the file still fills it."""
-        full = disk_full(self._tmp.parent)
-        self.abort()
-        if full:
-            return UserError(f"no space left on device: {self.out} ({what}; the partial video is removed)")
-        return UserError(f"{self.out}: the video encoder failed ({what}); nothing was written")
-
-    def abort(self) -> None:
-        """Stop without producing a video (frames already in a folder stay)."""
-        if self.is_video:
-            if self._video is not None:
-                self._video.release()
-                self._video = None
-            self._tmp.unlink(missing_ok=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
-def count_frames(video: Path) -> int:
-    """How many frames a video file decodes to (container counts can be wrong); 0 when it does not open."""
-    cap, n = cv2.VideoCapture(str(video)), 0
-    while cap.grab():  # grab() decodes without read()'s colour conversion
-        n += 1
-    cap.release()
-    return n
 
 
-def disk_full(folder: Path) -> bool:
-    """Whether 64 KiB no longer fit in folder's file system (ENOSPC, or EDQUOT over a quota)."""
-    probe = folder / f".tdms-space-probe.{os.getpid()}"
-    try:
-        write_bytes_atomic(probe, bytes(1 << 16))
-    except OSError as err:
-        return err.errno in NO_SPACE
-    probe.unlink()
-    return False
 
 
 def frames_to_tensor(img: np.ndarray) -> torch.Tensor:
@@ -484,3 +311,12 @@ def resized(src: FrameSource, size: tuple[int, int]):
 
 def is_video(out: Path) -> bool:
     return out.suffix.lower() in VIDEO_EXTS
+
+
+def count_frames(video: Path) -> int:
+    """How many frames a video file decodes to (container counts can be wrong); 0 when it does not open."""
+    cap, n = cv2.VideoCapture(str(video)), 0
+    while cap.grab():  # grab() decodes without read()'s colour conversion
+        n += 1
+    cap.release()
+    return n

@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 from tdms.errors import UserError
 from tdms.files import stamp_files, write_bytes_atomic
-from tdms.frames.io import FrameSource, FrameWriter, file_record, is_video, read_frame, write_error
+from tdms.frames.io import FrameSource, is_video, read_frame
+from tdms.frames.writers import FrameWriter, file_record, write_error
 
 MARKER = ".tdms-output.json"  # marks a folder tdms wrote, the only kind --redo may replace
 

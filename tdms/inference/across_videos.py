@@ -19,8 +19,9 @@ import torch
 from tqdm import tqdm
 
 from tdms.errors import UserError
-from tdms.frames.io import prefetch, size_text, write_frame
+from tdms.frames.io import prefetch, size_text
 from tdms.frames.outputs import commit, partial_path, remove_partial
+from tdms.frames.writers import write_frame
 from tdms.inference.recurrence import pad_to
 
 WRITERS = min(8, max(2, os.cpu_count() or 2))  # PNG encoding keeps up with a GPU only in parallel

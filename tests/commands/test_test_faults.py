@@ -19,9 +19,10 @@ import pytest
 from tdms import files
 from tdms.commands.test import main as run_cli
 from tdms.errors import UserError
-from tdms.frames import io, outputs
-from tdms.frames.io import FrameSource, FrameWriter
+from tdms.frames import io, outputs, writers
+from tdms.frames.io import FrameSource
 from tdms.frames.outputs import MARKER
+from tdms.frames.writers import FrameWriter
 from tdms.inference import methods
 from tests.conftest import flicker, moving_frames, write_video
 
@@ -62,7 +63,7 @@ def disk_full_after(monkeypatch, limit: int):
         used[0] += len(data)
         files.write_bytes_atomic(path, data)
 
-    monkeypatch.setattr(io, "write_bytes_atomic", write)
+    monkeypatch.setattr(writers, "write_bytes_atomic", write)
     monkeypatch.setattr(outputs, "write_bytes_atomic", write)
 
 
@@ -232,7 +233,7 @@ def test_an_edited_frame_is_not_overwritten_by_redo(clip, tmp_path, capsys):
     record = json.loads((out / MARKER).read_text())
     assert sorted(record["files"]) == [f"{t:05d}.png" for t in range(6)]
     edited = out / "00003.png"
-    io.write_frame(edited, np.zeros((24, 32, 3), np.float32))  # the user touched up a frame
+    writers.write_frame(edited, np.zeros((24, 32, 3), np.float32))  # the user touched up a frame
     kept = edited.read_bytes()
     assert cli(clip, out, "--redo") == 1
     lines, _ = error_lines(capsys)
@@ -255,7 +256,7 @@ def test_frames_take_the_input_numbers_and_a_gap_is_a_cut(tmp_path, capsys):
     for name, frames in (("I", ins), ("P", procs)):
         (tmp_path / name).mkdir()
         for k, f in zip(numbers, frames, strict=True):
-            io.write_frame(tmp_path / name / f"{k:05d}.png", f)
+            writers.write_frame(tmp_path / name / f"{k:05d}.png", f)
     out = tmp_path / "O"
     assert run_cli(["--method", "naive", "--input", str(tmp_path / "I"), "--processed", str(tmp_path / "P"),
                     "--output", str(out)]) == 0

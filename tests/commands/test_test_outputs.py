@@ -9,8 +9,9 @@ import pytest
 
 from tdms.commands.test import main as run_cli
 from tdms.errors import UserError
-from tdms.frames.io import FrameSource, FrameWriter, read_frame, write_frame
+from tdms.frames.io import FrameSource, read_frame
 from tdms.frames.outputs import MARKER, claim_folder, read_record, write_record
+from tdms.frames.writers import FrameWriter, write_frame
 from tdms.inference import methods
 from tests.conftest import flicker, moving_frames, write_video
 

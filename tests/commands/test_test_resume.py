@@ -6,7 +6,8 @@ import pytest
 
 from tdms.commands.test import main as run_cli
 from tdms.frames import outputs
-from tdms.frames.io import FrameSource, FrameWriter, read_frame
+from tdms.frames.io import FrameSource, read_frame
+from tdms.frames.writers import FrameWriter
 from tests.conftest import flicker, moving_frames, write_video
 
 N, KILLED_AT = 8, 5  # the killed run wrote frames 0..4

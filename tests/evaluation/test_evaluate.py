@@ -10,7 +10,8 @@ from skimage import data
 
 from tdms.commands.evaluate import main
 from tdms.evaluation.lpips import load_lpips, lpips_distance
-from tdms.frames.io import FrameSource, list_frames, read_frame, write_frame
+from tdms.frames.io import FrameSource, list_frames, read_frame
+from tdms.frames.writers import write_frame
 from tests.evaluation.test_lpips import write_backbone
 from tests.evaluation.test_tracking import write_palette
 

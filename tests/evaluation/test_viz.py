@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from tdms.evaluation.plots import plot_series, side_by_side
-from tdms.frames.io import FrameSource, FrameWriter, list_frames
+from tdms.frames.io import FrameSource, list_frames
+from tdms.frames.writers import FrameWriter
 
 
 def write_folder(folder, n: int, h: int, w: int, seed: int) -> list[np.ndarray]:

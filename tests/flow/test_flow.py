@@ -14,7 +14,7 @@ from tdms.flow.cache import FlowCache
 from tdms.flow.dis import to_gray_u8
 from tdms.flow.flo import read_flo, write_flo
 from tdms.flow.occlusion import occlusion_mask, visibility_mask
-from tdms.frames.io import FrameWriter, write_frame
+from tdms.frames.writers import FrameWriter, write_frame
 
 H, W = 96, 128
 

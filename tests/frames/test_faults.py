@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from tdms.errors import UserError
-from tdms.frames import io
-from tdms.frames.io import FrameSource, FrameWriter, prefetch, write_frame
+from tdms.frames import io, writers
+from tdms.frames.io import FrameSource, prefetch
+from tdms.frames.writers import FrameWriter, write_frame
 
 
 def test_a_truncated_video_is_one_line_without_decoder_noise(tmp_path, capfd):
@@ -55,7 +56,7 @@ def test_a_video_that_does_not_read_back_whole_is_removed(tmp_path, monkeypatch)
     def full(path, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(io, "write_bytes_atomic", full)  # the disk is full: the space probe fails too
+    monkeypatch.setattr(writers, "write_bytes_atomic", full)  # the disk is full: the space probe fails too
     with pytest.raises(UserError, match=r"^no space left on device: .*o.mp4 \(the encoder refused frame 0; the "):
         FrameWriter(tmp_path / "o.mp4").write(np.zeros((8, 8, 3), np.float32))
     with pytest.raises(UserError, match=r"^no space left on device: .*a.png; free some space or write elsewhere$"):
@@ -69,7 +70,7 @@ def test_frames_keep_given_numbers_and_record_their_files(tmp_path):
         for f in frames:
             w.write(f)
     assert sorted(w.files) == ["00001.png", "00002.png", "00005.png"]
-    assert w.files["00005.png"] == io.file_record((tmp_path / "o" / "00005.png").read_bytes())
+    assert w.files["00005.png"] == writers.file_record((tmp_path / "o" / "00005.png").read_bytes())
     with FrameWriter(tmp_path / "o", numbers=[6], keep=True) as w:  # appends, as a resumed run does
         w.write(frames[0])
     assert [p.name for p in FrameSource(tmp_path / "o").paths] == ["00001.png", "00002.png", "00005.png", "00006.png"]

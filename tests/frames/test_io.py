@@ -12,16 +12,15 @@ from PIL import Image
 
 from tdms.frames.io import (
     FrameSource,
-    FrameWriter,
     check_paired,
     frames_to_tensor,
     is_truncated,
     list_frames,
     read_frame,
     tensor_to_frame,
-    write_frame,
 )
 from tdms.frames.outputs import check_output
+from tdms.frames.writers import FrameWriter, write_frame
 
 
 def save_rgb(path: Path, rgb_u8: np.ndarray) -> None:

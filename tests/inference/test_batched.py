@@ -10,8 +10,9 @@ import torch
 from tdms.commands.test import main as run_cli
 from tdms.config import Config, to_dict
 from tdms.files import save_atomic
-from tdms.frames.io import FrameSource, prefetch, read_frame, write_frame
+from tdms.frames.io import FrameSource, prefetch, read_frame
 from tdms.frames.outputs import process_video
+from tdms.frames.writers import write_frame
 from tdms.inference.across_videos import Video, batched_frames, group_by_size, stacked_steps
 from tdms.inference.fast import Step, make_step
 from tdms.inference.recurrence import step_frames, tdms_frames
@@ -163,7 +164,7 @@ def test_reading_and_writing_overlap_the_network(tmp_path, monkeypatch):
             missed.append(f"frame {t + 1} was not read while step {t} ran")
         return p_t, None
 
-    from tdms.frames.io import FrameWriter
+    from tdms.frames.writers import FrameWriter
 
     write = FrameWriter.write
 

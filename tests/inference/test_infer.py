@@ -143,7 +143,7 @@ def test_dataset_mode_mirrors_the_layout(lai_root, tmp_path, ckpt):
 
 
 def test_video_files_in_and_out(pair, tmp_path, ckpt):
-    from tdms.frames.io import FrameWriter
+    from tdms.frames.writers import FrameWriter
 
     vids = []
     for name, src in (("i.mp4", pair[0]), ("p.mp4", pair[1])):
