@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn as nn
 from benchmark import main
-from kernels import conv_macs, peak_matmul_gflops
-from measure import make_clip, naive_frames_on_disk
+from kernels import conv_macs, make_clip, peak_matmul_gflops
+from measure import naive_frames_on_disk
 from training_rate import flows_on_crops
 
 from tdms.config import auto_dtype, cpu_info

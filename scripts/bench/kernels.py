@@ -4,10 +4,15 @@ rates it is held against, the narrow output layers by both routes, and the devic
 import copy
 import resource
 import time
+from pathlib import Path
 
+import cv2
+import numpy as np
 import torch
 import torch.nn as nn
+from skimage import data as skdata
 
+from tdms.frames.writers import write_frame
 from tdms.inference.fast import AMP
 from tdms.nets.layers import ColumnConvLayer, ConvLayer, UpsampleConvLayer
 
@@ -143,3 +148,14 @@ def conv_gflops(device: torch.device, h: int, w: int, dtype: str, channels_last:
             count += 1
         sync(device)
     return 2 * 128 * 128 * 9 * (h // 4) * (w // 4) * count / (time.perf_counter() - start) / 1e9
+
+
+def make_clip(input_dir: Path, processed_dir: Path, frames: int, h: int, w: int, seed: int = 0):
+    """A real photograph panning 4 px a frame at (h, w), and a flickering 'processed' copy: JPEG frames (as in
+    Lai et al.'s data)."""
+    rng = np.random.default_rng(seed)
+    photo = cv2.resize(skdata.coffee(), (w + 4 * frames, h), interpolation=cv2.INTER_CUBIC).astype(np.float32) / 255
+    for t in range(frames):
+        f = photo[:, 4 * t:4 * t + w]
+        write_frame(input_dir / f"{t:05d}.jpg", f, quality=95)
+        write_frame(processed_dir / f"{t:05d}.jpg", np.clip(f * rng.uniform(0.9, 1.1), 0, 1), quality=95)

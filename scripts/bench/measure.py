@@ -31,18 +31,17 @@ from kernels import (
     conv_gflops,
     conv_macs,
     device_name,
+    make_clip,
     output_layer_routes,
     peak_matmul_gflops,
     peak_memory_mb,
     reset_peak_memory,
     timed,
 )
-from skimage import data as skdata
 
 from tdms.config import cpu_info
 from tdms.frames.io import open_pair, prefetch
 from tdms.frames.outputs import process_video
-from tdms.frames.writers import write_frame
 from tdms.inference.across_videos import Target, Video, batched_frames, write_outputs
 from tdms.inference.fast import AMP, make_step
 from tdms.inference.methods import make_method
@@ -71,15 +70,6 @@ GOALS = {  # the project's speed goals: (key, goal, devices it applies to)
 
 
 
-def make_clip(input_dir: Path, processed_dir: Path, frames: int, h: int, w: int, seed: int = 0):
-    """A real photograph panning 4 px a frame at (h, w), and a flickering 'processed' copy: JPEG frames (as in
-    Lai et al.'s data)."""
-    rng = np.random.default_rng(seed)
-    photo = cv2.resize(skdata.coffee(), (w + 4 * frames, h), interpolation=cv2.INTER_CUBIC).astype(np.float32) / 255
-    for t in range(frames):
-        f = photo[:, 4 * t:4 * t + w]
-        write_frame(input_dir / f"{t:05d}.jpg", f, quality=95)
-        write_frame(processed_dir / f"{t:05d}.jpg", np.clip(f * rng.uniform(0.9, 1.1), 0, 1), quality=95)
 
 
 

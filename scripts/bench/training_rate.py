@@ -6,8 +6,7 @@ import time
 from pathlib import Path
 
 import torch
-from kernels import peak_memory_mb, reset_peak_memory, sync
-from measure import make_clip
+from kernels import make_clip, peak_memory_mb, reset_peak_memory, sync
 from torch.utils.data import DataLoader
 
 from tdms.config import Config
