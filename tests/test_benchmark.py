@@ -13,7 +13,7 @@ from kernels import conv_macs, make_clip, peak_matmul_gflops
 from measure import naive_frames_on_disk
 from training_rate import flows_on_crops
 
-from tdms.config import auto_dtype, cpu_info
+from tdms.devices import auto_dtype, cpu_info
 from tdms.frames.io import read_frame
 from tdms.nets.layers import UpsampleConvLayer
 from tdms.nets.tdms_net import TDMSNet

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from measure import run
 
-from tdms.config import pick_device
+from tdms.devices import pick_device
 from tdms.evaluation.plots import grouped_bars
 from tdms.inference.fast import AMP
 

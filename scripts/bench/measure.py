@@ -39,7 +39,7 @@ from kernels import (
     timed,
 )
 
-from tdms.config import cpu_info
+from tdms.devices import cpu_info
 from tdms.frames.io import open_pair, prefetch
 from tdms.frames.outputs import process_video
 from tdms.inference.across_videos import Target, Video, batched_frames, write_outputs

@@ -34,10 +34,11 @@ import yaml
 
 from tdms import distributed
 from tdms.commands import interrupted_code, stop_on_sigterm
-from tdms.config import EvalConfig, check_device, load_config, set_threads
+from tdms.config import EvalConfig, load_config
+from tdms.devices import check_device, set_threads
 from tdms.errors import MissingFile, UserError
-from tdms.evaluation.batch import DEFAULT_PROTOCOL, PROCESSED, plan, run
-from tdms.evaluation.lpips import NETS, load_lpips
+from tdms.evaluation.batch import DEFAULT_PROTOCOL, PROCESSED, lpips_state, plan, run
+from tdms.evaluation.lpips import NETS
 from tdms.evaluation.plots import comparison_videos, error_plots, plot_series, task_bars, tradeoff_chart, tradeoff_plots
 from tdms.evaluation.report import jsonable_summary, key_tables, markdown, notes, summarise, videos_csv
 from tdms.evaluation.tracking import TRACKERS, check_box, parse_box
@@ -137,16 +138,6 @@ def claimed(out: Path):
         raise
 
 
-def lpips_option(cfg: EvalConfig) -> tuple[object, str]:
-    """(model, "") or (None, why not); one video: only a missing backbone file is a note, a bad one an error."""
-    if not cfg.lpips.enabled:
-        return None, "skipped (--no-lpips)"
-    try:
-        return load_lpips(cfg.lpips.net, cfg.lpips.weights or None, cfg.flow.device), ""
-    except FileNotFoundError as err:
-        return None, str(err)
-
-
 def run_single(args, cfg: EvalConfig, out: Path) -> None:
     (results,) = args.results
     sources = [args.input, results] + ([args.processed] if args.processed else [])
@@ -164,7 +155,7 @@ def evaluate_single(args, cfg: EvalConfig, out: Path, results: str) -> None:
         check_box(box, FrameSource(args.input).size, args.input)
     if args.annotations and not Path(args.annotations).is_dir():
         raise MissingFile(f"--annotations {args.annotations}: no such folder")
-    model, note = lpips_option(cfg)
+    model, note = lpips_state(cfg, noted=FileNotFoundError)
     tracking = None if not cfg.tracking.enabled else Tracking(
         cfg.tracking.tracker, box, Path(args.annotations) if args.annotations else None, args.object_id)
     metrics = evaluate_video(cache, args.input, results, args.processed, Options(model, note, tracking, cfg.run.resize))

@@ -30,7 +30,8 @@ import torch
 from tdms import distributed
 from tdms.api import checkpoint_path
 from tdms.commands import interrupted_code, stop_on_sigterm
-from tdms.config import InferenceConfig, load_config, pick_device
+from tdms.config import InferenceConfig, load_config
+from tdms.devices import pick_device
 from tdms.errors import UserError
 from tdms.frames.arrays import NEED_TWO
 from tdms.frames.io import cuts, frame_number, is_video, open_pair, prefetch, read_frame, resized, size_text

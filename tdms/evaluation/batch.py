@@ -19,7 +19,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tdms import distributed
-from tdms.config import EvalConfig, set_threads
+from tdms.config import EvalConfig
+from tdms.devices import set_threads
 from tdms.errors import UserError
 from tdms.evaluation.lpips import load_lpips
 from tdms.evaluation.tradeoff import CURVE_VERSION, blend_curve
@@ -108,13 +109,14 @@ def open_cache(cfg: EvalConfig) -> FlowCache:
     return FlowCache(root, build_flow(cfg.flow.backend, cfg.flow.preset, cfg.flow.device, cfg.flow.checkpoint))
 
 
-def lpips_state(cfg: EvalConfig) -> tuple[object, str]:
-    """(model, "") or (None, why not)."""
+def lpips_state(cfg: EvalConfig, noted=UserError) -> tuple[object, str]:
+    """(model, "") or (None, why not): LPIPS off, or a `noted` error loading it (batch mode: any bad or missing
+    backbone file is a note on every video; one video passes MissingFile, so a bad file stays an error)."""
     if not cfg.lpips.enabled:
         return None, "skipped (--no-lpips)"
     try:
         return load_lpips(cfg.lpips.net, cfg.lpips.weights or None, cfg.flow.device), ""
-    except UserError as err:
+    except noted as err:
         return None, str(err)
 
 

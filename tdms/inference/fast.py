@@ -20,7 +20,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn as nn
 
-from tdms.config import keep_freed_memory
+from tdms.devices import keep_freed_memory
 from tdms.errors import UserError
 from tdms.nets.tdms_net import compose
 
@@ -92,7 +92,7 @@ def make_step(model: nn.Module, device, amp: str = "fp32", channels_last: bool =
 
     amp: fp32 | bf16 | fp16 (fp16 on CUDA only). compile: torch.compile, specialised per input shape.
     cuda_graph: capture one CUDA graph per input shape (CUDA only). keep_memory: on CPU, after the first frame,
-    keep freed memory mapped (config.keep_freed_memory; process-wide).
+    keep freed memory mapped (devices.keep_freed_memory; process-wide).
     """
     device = torch.device(device)
     if amp not in AMP:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from tdms.config import auto_dtype
+from tdms.devices import auto_dtype
 from tdms.errors import UserError
 from tdms.files import file_digest
 from tdms.flow import build_flow
@@ -41,7 +41,7 @@ def make_method(name: str, device=None, model=None, checkpoint: Path | None = No
 
     tdms: `model` a loaded network (it runs where it is; `device`, if given, must be of its type), or None to
     load `checkpoint` (a file) onto `device`; amp (auto: bf16 where the device computes it natively, else fp32;
-    config.auto_dtype), channels_last, compile, cuda_graph and keep_memory as fast.make_step; protocol "original"
+    devices.auto_dtype), channels_last, compile, cuda_graph and keep_memory as fast.make_step; protocol "original"
     runs the original test scripts' loop instead (inference/original.py: fp32, one frame at a time).
     naive, bonneel: `flow` a backend name or a callable flow(a, b) -> (B,2,H,W); bonneel's weight `lam`.
     device None means the model's device, or the CPU.

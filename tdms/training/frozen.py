@@ -9,7 +9,8 @@ import copy
 
 import torch
 
-from tdms.config import Config, pick_device
+from tdms.config import Config
+from tdms.devices import pick_device
 from tdms.errors import UserError
 from tdms.flow import build_flow
 from tdms.inference.fast import AMP

@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from tdms import distributed
 from tdms.checkpoint import training_state
-from tdms.config import Config, pick_device, save_config
+from tdms.config import Config, save_config
+from tdms.devices import pick_device
 from tdms.errors import UserError
 from tdms.files import save_atomic
 from tdms.nets.build import build_model

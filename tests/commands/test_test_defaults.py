@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tdms import config
+from tdms import devices
 from tdms.commands.test import main as run_cli
 from tdms.frames.io import FrameSource
 from tdms.frames.outputs import MARKER
@@ -36,14 +36,14 @@ def run(tmp_path):
 
 
 def test_auto_dtype_follows_the_cpu(run, monkeypatch, capsys):
-    native = config.native_bf16("cpu")
+    native = devices.native_bf16("cpu")
     record, frames = run("auto")
     assert record["dtype"] == ("bf16" if native else "fp32") and record["channels_last"] is True
     assert f"in {record['dtype']}, channels_last on cpu" in capsys.readouterr().out
     record32, frames32 = run("fp32", "--dtype", "fp32", "--no-channels-last")
     assert (record32["dtype"], record32["channels_last"]) == ("fp32", False)
     assert np.abs(frames - frames32).max() <= 8 / 255  # bf16 heads, O and the blend in fp32
-    monkeypatch.setattr(config, "cpu_info", lambda: {"model": "old", "avx512_bf16": False, "amx_bf16": False})
+    monkeypatch.setattr(devices, "cpu_info", lambda: {"model": "old", "avx512_bf16": False, "amx_bf16": False})
     assert run("old_cpu")[0]["dtype"] == "fp32"  # no native bf16: fp32
 
 
