@@ -9,6 +9,11 @@ OUT := demo_out
 .PHONY: install test demo lint benchmark clean-demo
 
 $(STAMP): requirements.txt setup.py
+	@# the data builder's sample footage (tree.avi, vtest.avi, box.mp4, ...) is Debian's opencv-doc
+	@dpkg -s opencv-doc >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get install -y -q opencv-doc >/dev/null 2>&1 || \
+		  { apt-get update -q >/dev/null && apt-get install -y -q opencv-doc >/dev/null; }; }; } || \
+		echo "note: tdms-build-data needs Debian's opencv-doc (its sample footage): sudo apt-get install opencv-doc"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q -r requirements.txt

@@ -12,6 +12,7 @@ setup(
         "numpy>=1.26",
         "scipy>=1.11",
         "opencv-contrib-python-headless>=4.10",
+        "av>=18.1",
         "scikit-image>=0.22",
         "lpips>=0.1.4",
         "pyyaml>=6.0",

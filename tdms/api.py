@@ -15,9 +15,12 @@ from tdms.errors import MissingFile, UserError
 from tdms.evaluation.video import evaluate_clips
 from tdms.flow import build_flow
 from tdms.frames.arrays import NEED_TWO, Clip, clip_of, convert, start
-from tdms.frames.io import VIDEO_EXTS
+from tdms.frames.cuts import ShotStarts
+from tdms.frames.io import VIDEO_EXTS, FrameSource, cuts
 from tdms.frames.outputs import prepare_output, process_video
+from tdms.frames.video import Encoding
 from tdms.inference.methods import make_method
+from tdms.inference.recurrence import restart_at_cuts
 from tdms.nets import build
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
@@ -54,6 +57,22 @@ def method_frames(method: str, model, device, amp: str, flow, lam: float):
     return make_method(method, device, model, checkpoint, amp, flow=flow, lam=lam).frames
 
 
+def shot_starts(clips: list[Clip], cut_reset: bool) -> ShotStarts:
+    """Where the recurrence restarts: the jumps of an original frame folder's numbers, and (cut_reset) the scene
+    cuts found in the original frames (frames.cuts)."""
+    src = clips[0].frames
+    return ShotStarts(cuts(src) if isinstance(src, FrameSource) else (), detect=cut_reset)
+
+
+def video_encoding(clips: list[Clip]) -> Encoding:
+    """A video output keeps the original video's time stamps and the audio of the processed video, else of the
+    original."""
+    videos = [c.frames for c in clips if isinstance(c.frames, FrameSource) and c.frames.is_video]
+    heard = next((v for v in videos[::-1] if v.video.audio), None)
+    timed = next((v for v in videos if v.video.monotonic), None)
+    return Encoding(audio_from=heard.path if heard else None, timing=timed.video.timing if timed else None)
+
+
 def check_target(output, clips: list[Clip], overwrite: bool) -> Path:
     """Refuse an output that exists (unless overwrite), is an input, or is a folder tdms did not write."""
     out = Path(output)
@@ -66,7 +85,7 @@ def check_target(output, clips: list[Clip], overwrite: bool) -> Path:
 
 
 def stabilize_iter(original, processed, model=None, method: str = "tdms", device=None, amp: str = "auto",
-                   flow="dis", lam: float = 1.0) -> Iterator:
+                   flow="dis", lam: float = 1.0, cut_reset: bool = True) -> Iterator:
     """An iterator of the consistent frames O_t, one at a time, each of the processed frames' kind, in [0,1].
 
     Inputs are checked and the model loaded at the call, so bad input fails before the loop. Arguments as
@@ -75,33 +94,39 @@ def stabilize_iter(original, processed, model=None, method: str = "tdms", device
     clips = [clip_of(original, "original"), clip_of(processed, "processed")]
     tuples = start(clips, NEED_TWO)
     run = method_frames(method, model, device, amp, flow, lam)
-    return (convert(o, clips[1]) for o in run(tuples))
+    return (convert(o, clips[1]) for o in restart_at_cuts(run, tuples, shot_starts(clips, cut_reset)))
 
 
 def stabilize(original, processed, model=None, method: str = "tdms", device=None, output=None,
-              overwrite: bool = False, amp: str = "auto", flow="dis", lam: float = 1.0):
+              overwrite: bool = False, amp: str = "auto", flow="dis", lam: float = 1.0, cut_reset: bool = True):
     """Make `processed` temporally consistent given the `original` frames it was computed from.
 
     original, processed: clips of equal length and size (numpy (T,H,W,3) uint8 or float in [0,1], torch
     (T,3,H,W), frame folders, video files, or iterables of frames). model: a loaded TDMS-Net, a checkpoint
     path or name, or None for the shipped one. method: tdms, naive, bonneel (flow backend `flow`, weight
-    `lam`) or identity. device: where the model runs (None: the model's device, CPU when loading).
+    `lam`), ffmpeg-deflicker or identity. cut_reset: restart the recurrence (O_t = P_t) at the scene cuts found
+    in the original frames (tdms.frames.cuts), as tdms-test does. device: where the model runs (None: the
+    model's device, CPU when loading).
     amp: auto (bf16 where the device computes it natively: CUDA, CPUs with AVX512-BF16 or AMX; else fp32), fp32,
     bf16 or fp16 (CUDA); O_{t-1} and the blend stay in fp32. Returns the frames, clipped to [0,1],
     in processed's kind (numpy/torch of its dtype and device; paths give a float32 numpy array; other iterables
-    a list), or with `output` (a folder of PNG frames or a .mp4/.avi path) writes them there and returns the path.
+    a list), or with `output` (a folder of PNG frames or a .mp4/.mov/.mkv/.avi path: H.264 at CRF 18, with the
+    original video's time stamps and the processed video's audio, else the original's) writes them there and
+    returns the path.
     """
     clips = [clip_of(original, "original"), clip_of(processed, "processed")]
     out = None if output is None else check_target(output, clips, overwrite)
     tuples = start(clips, NEED_TWO)
     run = method_frames(method, model, device, amp, flow, lam)
     n = next((c.n for c in clips if c.n is not None), None)
-    results = run(tuples)
+    starts = shot_starts(clips, cut_reset)
+    results = restart_at_cuts(run, tuples, starts)
     if out is None:
         frames = tqdm(results, total=n, desc=f"stabilize ({method})", unit="frame", leave=False)
         return clips[1].stack([convert(o, clips[1]) for o in frames])
-    meta = {"method": method, "input": str(clips[0].path or "array"), "processed": str(clips[1].path or "array")}
-    process_video(results, out, n, clips[1].fps, meta, desc=out.name)
+    meta = {"method": method, "input": str(clips[0].path or "array"), "processed": str(clips[1].path or "array"),
+            "cut_reset": cut_reset, "cuts": starts.cuts}
+    process_video(results, out, n, clips[1].fps, meta, desc=out.name, encoding=video_encoding(clips))
     return out
 
 

@@ -20,15 +20,23 @@ def export_weights(train_ckpt: str | Path, out: str | Path, half: bool = True):
     ckpt = read_checkpoint(train_ckpt)
     state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in ckpt["model"].items()}
     save_atomic({"format": FORMAT, "model": state, "config": ckpt["config"], "step": ckpt.get("step"),
-                 "git": ckpt.get("git")}, out)
+                 "git": ckpt.get("git"), "best": best_of(ckpt)}, out)
 
 
-def training_state(model, optimizer, scheduler, scaler, step: int, cfg, git: str) -> dict:
+def training_state(model, optimizer, scheduler, scaler, step: int, cfg, git: str, best: dict | None = None) -> dict:
     """Everything a run needs to resume exactly: the unwrapped model's weights, the optimizer, the LR schedule,
-    the fp16 GradScaler (None without one), the step, the resolved config and the code's git SHA.
+    the fp16 GradScaler (None without one), the step, the resolved config, the code's git SHA and the best
+    validation so far ({"step", "margin", "relative_reduction", "psnr"}, None without validation;
+    training/validation.py).
 
-    Files written before this version also hold 'best' (always NaN) and 'rng' (never restored): nothing reads
-    them, and they still load and resume."""
+    Files written by older versions hold 'best' as NaN (read as None) and 'rng' (never restored): they still load
+    and resume."""
     return {"format": FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-            "step": step, "config": to_dict(cfg), "git": git}
+            "step": step, "config": to_dict(cfg), "git": git, "best": best}
+
+
+def best_of(ckpt: dict) -> dict | None:
+    """The checkpoint's best validation summary, None when it has none (no validation, or an older file's NaN)."""
+    best = ckpt.get("best")
+    return best if isinstance(best, dict) else None

@@ -28,6 +28,8 @@ class ModelConfig:
     # reproduce the released model's forward: unchained head blocks, never-applied IN (lai: dead IN buffers)
     original_quirks: bool = False
     flow_prior: str = "none"  # none (the paper) | dis-medium | dis-fast | dis-ultrafast (nets/tdms_net.py)
+    # none (the paper) | difference: the residual is bounded by |warp(O_{t-1}) - P_t| (nets/tdms_net.py)
+    residual_gate: str = "none"
 
 
 @dataclass
@@ -43,6 +45,10 @@ class DataConfig:
     frame_gap: int = 1  # > 1: a clip takes every k-th frame, k uniform in 1..frame_gap (larger motion; augment only)
     workers: int = 2
     flow_cache: str = ""  # default: <root>/cache/flow
+    # validation (train.val_every): the videos of <root>/<val_phase>/, tasks from val_tasks_list (default
+    # lists/<val_phase>_tasks.txt); keep them out of training: other videos and other operators
+    val_phase: str = "val"
+    val_tasks_list: str = ""
 
 
 @dataclass
@@ -59,6 +65,14 @@ class LossConfig:
     long_term: float = 0.0  # Lai et al.'s warp towards frame 0 (0 = off)
     perceptual: float = 10.0  # needs VGG16 weights; skipped with a message when absent
     fidelity: float = 1.0
+    # the evaluation's axes (training/losses.py; 0 = off): log10(MSE(O_t, P_t) + eps) = -PSNR/10, and the squared
+    # warping error relative to P's over visible pixels = 1 - D_t
+    log_fidelity: float = 0.0
+    log_fidelity_eps: float = 2.5e-5  # caps the PSNR the term asks for at 46 dB
+    relative_temporal: float = 0.0
+    # > 0: the term becomes max(0, E(O)/E(P) - target) on the batch: a consistency to reach (D_t of about
+    # 1 - target) rather than a price, so log_fidelity buys all the fidelity it can at that consistency
+    relative_temporal_target: float = 0.0
     flow: float = 0.5
     # L1(flow(I_{t-1}->I_t), flow(O_{t-1}->O_t)); needs flownet2/raft; the original's weight 1 in paper_tdms
     flow_cycle: float = 0.0
@@ -97,6 +111,11 @@ class TrainConfig:
     amp: str = "fp32"  # fp32 | bf16 | fp16 (CUDA only, with a GradScaler saved in the checkpoints)
     channels_last: bool = False  # NHWC memory format for the model and its inputs (faster convs on tensor cores)
     compile: bool = False  # torch.compile the model's forward (checkpoints keep the plain module's names)
+    # every that many steps (0 = off): score the weights on the validation videos (training/validation.py) and
+    # keep best.pth by the margin above the naive blend's curve
+    val_every: int = 0
+    val_frames: int = 0  # the first that many frames of each validation video (0 = all)
+    val_dtype: str = "auto"  # the precision the validation runs the network in, as tdms-test --dtype
 
 
 @dataclass
@@ -270,7 +289,7 @@ class InferenceConfig:
     data_dir: str = ""  # dataset mode: a root in Lai et al.'s layout
     phase: str = "test"
     tasks_list: str = ""  # dataset mode: '<dataset> <task>' lines; default DATA/lists/test_tasks.txt
-    method: str = "tdms"  # tdms | naive | bonneel | identity
+    method: str = "tdms"  # tdms | naive | bonneel | ffmpeg-deflicker | identity
     checkpoint: str = "tdms_offline"  # a name in checkpoints/, a tdms checkpoint file, or the authors' .pth
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 where the device computes it natively, else fp32) | fp32 | bf16 | fp16 (CUDA)
@@ -284,3 +303,8 @@ class InferenceConfig:
     resize_processed: bool = False  # resize P to I's size instead of failing
     redo: bool = False  # recompute outputs that are already complete
     protocol: str = "tdms"  # tdms | original: the original test scripts' loop (tdms/inference/original.py)
+    cut_reset: bool = True  # restart the recurrence (O_t = P_t) at the scene cuts found in the original frames
+    crf: int = 18  # video outputs: libx264's constant rate factor (0 best .. 51 worst)
+    lossless: bool = False  # video outputs: lossless RGB H.264 (libx264rgb, qp 0), which browsers do not play
+    audio: bool = True  # video outputs: copy the audio of the processed video (else of the input)
+    deflicker_size: int = 5  # ffmpeg-deflicker: its window in frames (2..129)

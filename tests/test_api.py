@@ -332,3 +332,20 @@ def test_cuda_tensors_stay_on_the_gpu(ckpt, clip):
     assert np.allclose(out.permute(0, 2, 3, 1).cpu().numpy(), tdms.stabilize(*clip, model=ckpt, amp="fp32"), atol=1e-4)
     half = tdms.stabilize(ti, tp, model=m, amp="bf16")
     assert (half - out).abs().max() < 0.05
+
+
+def test_the_recurrence_restarts_at_a_scene_cut(model):
+    """Two real shots joined: the output is each shot's recurrence on its own (O = P at the cut), as by hand."""
+    from tests.frames.videos import real_shot
+
+    shots = real_shot("bigbuckbunny.mp4", 3, size=(W, H)) + real_shot("carphone_pristine.mp4", 3, size=(W, H))
+    ins = np.stack(shots).astype(np.float32) / 255
+    procs = np.stack(flicker(list(ins))).astype(np.float32)
+    want = np.concatenate([by_hand(model, ins[:3], procs[:3]), by_hand(model, ins[3:], procs[3:])])
+    got = tdms.stabilize(ins, procs, model=model, amp="fp32")
+    np.testing.assert_allclose(got, np.clip(want, 0, 1), atol=1e-5)
+    np.testing.assert_array_equal(got[3], procs[3])
+    ghost = tdms.stabilize(ins, procs, model=model, amp="fp32", cut_reset=False)
+    assert np.abs(ghost[3] - procs[3]).mean() > 1e-3
+    lazily = np.stack(list(tdms.stabilize_iter(ins, procs, model=model, amp="fp32")))
+    np.testing.assert_array_equal(lazily, got)

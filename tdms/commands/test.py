@@ -6,6 +6,8 @@ Examples:
     tdms-test --input I --processed P --output O --checkpoint model_pf_epoch_65.pth --protocol original
     tdms-test --method naive --input I --processed P --output O   # baselines: naive, bonneel, identity
     tdms-test --method bonneel --lambda 1.0 --input I --processed P --output O
+    tdms-test --method ffmpeg-deflicker --deflicker-size 5 --input in.mp4 --processed p.mp4 --output o.mp4
+    tdms-test --input in.mp4 --processed p.mp4 --output o.mp4 --crf 23 --no-audio --no-cut-reset
     tdms-test --data-dir data --phase test --output outputs/tdms  # Lai et al.'s layout, datasets × tasks
     tdms-test --data-dir data --output outputs/tdms --batch-videos 8 --device cuda
     tdms-test --config run.yaml method=naive output=outputs/naive  # settings from YAML, key=value over them
@@ -21,8 +23,7 @@ import dataclasses
 import math
 import sys
 import time
-from bisect import bisect_right
-from itertools import chain, groupby, islice
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -34,7 +35,17 @@ from tdms.config import InferenceConfig, load_config
 from tdms.devices import pick_device
 from tdms.errors import UserError
 from tdms.frames.arrays import NEED_TWO
-from tdms.frames.io import cuts, frame_number, is_video, open_pair, prefetch, read_frame, resized, size_text
+from tdms.frames.cuts import ShotStarts
+from tdms.frames.io import (
+    cuts,
+    frame_number,
+    is_video,
+    open_pair,
+    prefetch,
+    read_frame,
+    resized,
+    size_text,
+)
 from tdms.frames.layout import entries, tasks_file
 from tdms.frames.outputs import (
     check_output,
@@ -47,10 +58,14 @@ from tdms.frames.outputs import (
     process_video,
     resume_point,
 )
+from tdms.frames.video import check_crf
+from tdms.frames.writers import video_encoding
 from tdms.inference.across_videos import Target, Video, batched_frames, group_by_size, write_outputs
+from tdms.inference.deflicker import MAX_SIZE, check_size
 from tdms.inference.fast import AMP
 from tdms.inference.methods import METHODS, Method, make_method
 from tdms.inference.original import PROTOCOLS
+from tdms.inference.recurrence import restarted
 from tdms.nets.build import load_model
 
 
@@ -85,6 +100,14 @@ def parser() -> argparse.ArgumentParser:
                    help="dataset mode: run this many videos of one frame size in one batch (default 1)")
     p.add_argument("--flow", help="flow backend of the naive and bonneel methods (default dis)")
     p.add_argument("--lambda", dest="lam", type=float, help="bonneel: temporal weight λ (0 = P; default 1)")
+    p.add_argument("--deflicker-size", type=int, help=f"ffmpeg-deflicker: its window, 2..{MAX_SIZE} frames (default 5)")
+    p.add_argument("--cut-reset", action=argparse.BooleanOptionalAction, default=None,
+                   help="restart the recurrence (O_t = P_t) at the scene cuts found in the input (default on)")
+    p.add_argument("--crf", type=int, help="video output: H.264 constant rate factor, 0 best .. 51 worst (default 18)")
+    p.add_argument("--lossless", action="store_true", default=None,
+                   help="video output: lossless RGB H.264 (libx264rgb); exact frames, but browsers do not play it")
+    p.add_argument("--audio", action=argparse.BooleanOptionalAction, default=None,
+                   help="video output: copy the audio of --processed, else of --input (default on)")
     p.add_argument("--jpeg-quality", type=int, help="write JPEG frames at this quality (1-100) instead of PNG")
     p.add_argument("--resize-processed", action="store_true", default=None,
                    help="resize P to I's size instead of failing")
@@ -134,6 +157,11 @@ def check_settings(p: argparse.ArgumentParser, cfg: InferenceConfig) -> None:
         p.error(f"--jpeg-quality (jpeg_quality) must be in 1..100 (0: PNG), got {cfg.jpeg_quality}")
     if cfg.jpeg_quality and is_video(Path(cfg.output)) and not cfg.data_dir:
         p.error(f"--jpeg-quality is for frame folders; {cfg.output} is a video")
+    for check, value in ((check_crf, cfg.crf), (check_size, cfg.deflicker_size)):
+        try:
+            check(value)
+        except UserError as e:
+            p.error(str(e))
     if cfg.device != "auto":
         try:
             torch.device(cfg.device)
@@ -155,7 +183,14 @@ def output_format(cfg: InferenceConfig) -> str:
 
 # which settings each method reads (the others are said to be unused when given)
 USED_BY = {"checkpoint": ("tdms",), "dtype": ("tdms",), "channels_last": ("tdms",), "compile": ("tdms",),
-           "cuda_graph": ("tdms",), "flow": ("naive", "bonneel"), "lam": ("bonneel",)}
+           "cuda_graph": ("tdms",), "flow": ("naive", "bonneel"), "lam": ("bonneel",),
+           "deflicker_size": ("ffmpeg-deflicker",)}
+VIDEO_FLAGS = {"crf": "--crf", "lossless": "--lossless", "audio": "--no-audio"}  # read for a video output only
+
+
+def unused_video_settings(cfg: InferenceConfig) -> list[str]:
+    default, video = InferenceConfig(), is_video(Path(cfg.output)) and not cfg.data_dir
+    return [flag for key, flag in VIDEO_FLAGS.items() if not video and getattr(cfg, key) != getattr(default, key)]
 
 
 def unused_settings(cfg: InferenceConfig) -> list[str]:
@@ -174,30 +209,15 @@ def method_of(cfg: InferenceConfig, device: torch.device) -> tuple[Method, bool]
     model = load_model(checkpoint, device, verbose=True) if checkpoint else None
     method = make_method(cfg.method, device, model=model, checkpoint=checkpoint, amp=cfg.dtype,
                          channels_last=cfg.channels_last, compile=cfg.compile, cuda_graph=cfg.cuda_graph,
-                         flow=cfg.flow, lam=cfg.lam, verbose=True, protocol=cfg.protocol, keep_memory=True)
-    method.made_by["format"] = output_format(cfg)
-    resumable = (output_format(cfg) == ".png" and cfg.protocol == "tdms" and not getattr(model, "recurrent", False))
+                         flow=cfg.flow, lam=cfg.lam, verbose=True, protocol=cfg.protocol, keep_memory=True,
+                         deflicker_size=cfg.deflicker_size)
+    method.made_by |= {"format": output_format(cfg), "cut_reset": cfg.cut_reset}
+    if output_format(cfg) == "video":
+        method.made_by["encoding"] = ("h264 lossless rgb" if cfg.lossless else f"h264 crf {cfg.crf}") + (
+            "" if cfg.audio else ", no audio")
+    resumable = (output_format(cfg) == ".png" and cfg.protocol == "tdms" and not getattr(model, "recurrent", False)
+                 and cfg.method != "ffmpeg-deflicker")  # its window looks ahead: O_{t-1} does not continue it
     return method, resumable
-
-
-def restarted(frames, pairs, starts: list[int], first: int = 0, o_last=None):
-    """O_t for t = first.. from frames(pairs) (a method's recurrence), restarted (O_t = P_t) at each t of `starts`.
-
-    With o_last, the O of frame first-1 read back, pairs begin at frame first-1 and the recurrence continues from
-    o_last: it goes in as that frame's P, which every method returns as it is (O_0 = P_0), and is not yielded.
-    Closing this generator closes `pairs` (and so stops their decoding thread)."""
-    t0 = first - 1 if o_last is not None else first
-
-    def numbered():
-        for t, (i_t, p_t) in enumerate(pairs, t0):
-            yield t, (i_t, o_last if t < first else p_t)
-
-    pieces = groupby(numbered(), key=lambda item: bisect_right(starts, item[0]))  # one group per shot
-    outs = chain.from_iterable(frames(pair for _, pair in piece) for _, piece in pieces)
-    try:
-        yield from islice(outs, 1 if o_last is not None else 0, None)
-    finally:
-        pairs.close()
 
 
 def opened(input_path, processed_path, cfg: InferenceConfig):
@@ -211,7 +231,8 @@ def opened(input_path, processed_path, cfg: InferenceConfig):
 def run_one(method: Method, resumable: bool, input_path, processed_path, out: Path, cfg: InferenceConfig,
             desc="") -> dict | None:
     """Write one video's output; its record (meta), or None when a complete one is there (and no redo). Output
-    frames take the input's numbers; a jump in them is a cut; a killed run of the same maker is resumed."""
+    frames take the input's numbers; a jump in them, and a scene cut in the input, restart the recurrence; a killed
+    run of the same maker is resumed."""
     src_i, src_p = opened(input_path, processed_path, cfg)
     n, meta = len(src_i), {**method.made_by, **input_identity(src_i, src_p)}
     if is_complete(out, n, meta) and not cfg.redo:
@@ -222,17 +243,24 @@ def run_one(method: Method, resumable: bool, input_path, processed_path, out: Pa
     names = [f"{k:05d}{ext}" for k in numbers]
     if not cfg.data_dir:
         print(f"  {n} frames of {size_text(src_i.size)} from {src_i.path} and {src_p.path}")
-    starts = cuts(src_i)
-    for t in starts:
+    encoding, notes = video_encoding(out, src_i, src_p, cfg.crf, cfg.lossless, cfg.audio)
+    for line in notes:
+        print(f"  {line}")
+    starts = ShotStarts(cuts(src_i), detect=cfg.cut_reset)
+    for t in starts.jumps:
         print(f"  {out.name}: frames {names[t - 1]} to {names[t]}: the frame numbers jump, processed as a cut "
               f"(the recurrence restarts there: O = P)")
+    meta["cuts"] = starts.cuts  # filled as the frames go by, complete when the output is
     k = resume_point(out, meta, names) if resumable and not is_video(out) else 0
     o_last = read_frame(partial_path(out) / names[k - 1]) if k else None
     if k:
         print(f"  {out.name}: resuming an interrupted run after {names[k - 1]} ({k} of {n} frames kept)")
     pairs = prefetch(islice(zip(src_i, resized(src_p, src_i.size), strict=True), k - 1 if k else 0, None))
     frames = restarted(method.frames, pairs, starts, k, o_last)
-    return process_video(frames, out, n, src_p.fps, meta, ext, quality, desc, numbers, k)
+    meta = process_video(frames, out, n, src_p.fps, meta, ext, quality, desc, numbers, k, encoding)
+    if starts.found or cfg.cut_reset:
+        print(f"  {out.name}: {starts.summary([f'frame {t}' for t in range(n)] if is_video(out) else names)}")
+    return meta
 
 
 def run_each(method: Method, resumable: bool, jobs, cfg: InferenceConfig):
@@ -251,13 +279,12 @@ def run_batched(method: Method, jobs, cfg: InferenceConfig, device):
             yield name, None
             continue
         prepare_output(o, [src_i.path, src_p.path], cfg.redo)
-        if starts := cuts(src_i):
-            raise UserError(f"{src_i.path}: the frame numbers jump before {src_i.paths[starts[0]].name} (a cut); "
-                             f"--batch-videos does not restart the recurrence within a video: run it without")
+        starts = ShotStarts(cuts(src_i), detect=cfg.cut_reset)
         # each video decodes in its own thread, started when the video joins a batch
-        videos.append(Video(name, src_i.size, prefetch(zip(src_i, resized(src_p, src_i.size), strict=True))))
+        videos.append(Video(name, src_i.size, prefetch(zip(src_i, resized(src_p, src_i.size), strict=True)), starts))
         numbers = [frame_number(f) for f in src_i.paths] if src_i.paths else None
-        targets.append(Target(o, len(src_i), {**meta, "batch_videos": cfg.batch_videos}, numbers))
+        targets.append(Target(o, len(src_i), {**meta, "batch_videos": cfg.batch_videos, "cuts": starts.cuts},
+                              numbers))
     for g, group in enumerate(groups := group_by_size(videos), 1):
         results = batched_frames(method.step, [videos[k] for k in group], cfg.batch_videos, device)
         desc = f"size {g}/{len(groups)} ({size_text(videos[group[0]].size)}, {len(group)} videos)"
@@ -320,6 +347,8 @@ def main(argv=None) -> int:
         world, device = placement(cfg)
         for flag in unused_settings(cfg):
             print(f"tdms-test: note: {flag} is unused by --method {cfg.method}", file=sys.stderr)
+        for flag in unused_video_settings(cfg):
+            print(f"tdms-test: note: {flag} is for a video output; {cfg.output} is not one", file=sys.stderr)
         method, resumable = method_of(cfg, device)
         jobs = video_jobs(cfg, world)
         rank = f" [rank {world.rank}/{world.size}]" if world.distributed else ""

@@ -1,4 +1,5 @@
-"""Frame I/O: frame folders and video files in, frame folders and videos out.
+"""Frames in: frame folders (OpenCV's image codecs) and video files (PyAV: tdms/frames/video.py), and the pairing
+of clips.
 
 Every frame handed to or returned by this module is float32 RGB (H, W, 3) in [0, 1].
 """
@@ -15,15 +16,13 @@ import numpy as np
 import torch
 
 from tdms.errors import MissingFile, UserError
+from tdms.frames.video import VideoFile
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv")
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")  # read; written: frames.writers.VIDEO_OUT
 PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk (type + CRC) that closes every complete PNG
-# FFmpeg's own log (AV_LOG_QUIET = -8): a damaged video otherwise prints a dozen decoder lines before tdms's one
-# message. OpenCV reads it when its FFmpeg backend starts, at the first capture; set it to debug a video.
+# FFmpeg's own log inside OpenCV (AV_LOG_QUIET = -8), for the videos OpenCV still opens (the builder's sources).
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-
-
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -144,19 +143,19 @@ def read_frame(path) -> np.ndarray:
     return to_float_rgb(arr, path)
 
 
-
-
-
-
+def rgb_to_float(rgb: np.ndarray) -> np.ndarray:
+    """A decoded video frame, uint8 or uint16 RGB (H,W,3) -> float32 RGB in [0,1]."""
+    return rgb.astype(np.float32) / (65535.0 if rgb.dtype == np.uint16 else 255.0)
 
 
 class FrameSource:
     """Frames of a frame folder or a video file, as float32 RGB (H,W,3) in [0,1].
 
     `len(src)`, `src.size` (H, W), `src.fps` (30.0 for folders and videos without a rate), `src.name`,
-    `iter(src)`, `src[i]`. A video's length is counted by decoding it once at open (container
-    counts can be wrong); `src[i]` on a video decodes forward from the last position and restarts when i
-    goes back, so one pass at a time is fast. Reading a frame whose size differs from frame 0 is an error.
+    `iter(src)`, `src[i]`; for a video also `src.video` (frames.video.VideoFile: its time stamps, codec, audio).
+    A video's length is counted by decoding it once at open (container counts can be wrong); `src[i]` on a video
+    decodes forward from the last position and restarts when i goes back, so one pass at a time is fast. Reading
+    a frame whose size differs from frame 0 is an error.
     """
 
     def __init__(self, path):
@@ -168,21 +167,17 @@ class FrameSource:
             raise UserError(f"{self.path}: not a frame folder or a video ({', '.join(VIDEO_EXTS)})")
         self.name = self.path.stem if self.is_video else self.path.name
         self.paths = None if self.is_video else list_frames(self.path)
-        self._cap, self._pos = None, 0  # video decoder for random access; _pos = index of its next frame
-        rate = self._reopen().get(cv2.CAP_PROP_FPS) if self.is_video else 0.0
-        self.fps = float(rate) if rate > 0 else 30.0  # NaN > 0 is False too
-        self._n = len(self.paths) if self.paths else count_frames(self.path)
-        if self._n == 0:
-            raise UserError(f"{self.path}: cannot read video (0 frames decoded: truncated, damaged or not a video)"
-                            if self.is_video else f"no frames in {self.path}")
+        self.video = VideoFile(self.path) if self.is_video else None
+        self.fps = float(self.video.timing.fps) if self.is_video else 30.0
+        self._decoded, self._pos = None, 0  # video decoder for random access; _pos = index of its next frame
+        self._n = len(self.paths or self.video)
         self.size = None  # frame 0 sets it; every later frame is checked against it
         self.size = self[0].shape[:2]
 
-    def _reopen(self) -> cv2.VideoCapture:
-        self._cap, self._pos = cv2.VideoCapture(str(self.path)), 0
-        if not self._cap.isOpened():
-            raise UserError(f"{self.path}: cannot read video (0 frames decoded: truncated, damaged or not a video)")
-        return self._cap
+    def _reopen(self) -> None:
+        if self._decoded is not None:
+            self._decoded.close()
+        self._decoded, self._pos = self.video.frames(), 0
 
     def __len__(self) -> int:
         return self._n
@@ -190,15 +185,14 @@ class FrameSource:
     def __getitem__(self, i: int) -> np.ndarray:
         i = range(len(self))[i]  # negative indices count from the end; out of range -> IndexError
         if self.is_video:
-            if i < self._pos:
+            if self._decoded is None or i < self._pos:
                 self._reopen()
-            while self._pos < i and self._cap.grab():
+            rgb = None
+            while self._pos <= i and (rgb := next(self._decoded, None)) is not None:
                 self._pos += 1
-            ok, bgr = self._cap.read()
-            if self._pos != i or not ok:
+            if rgb is None or self._pos != i + 1:
                 raise UserError(f"{self.path}: cannot decode frame {i}")
-            self._pos += 1
-            frame, where = to_float_rgb(bgr, self.path), f"{self.path} frame {i}"
+            frame, where = rgb_to_float(rgb), f"{self.path} frame {i}"
         else:
             frame, where = read_frame(self.paths[i]), self.paths[i]
         if self.size is not None and frame.shape[:2] != self.size:
@@ -209,6 +203,7 @@ class FrameSource:
     def __iter__(self):
         twin = copy.copy(self)  # its own decoder: two loops over one video do not restart each other
         if self.is_video:
+            twin._decoded = None
             twin._reopen()
         return (twin[i] for i in range(len(twin)))
 
@@ -285,6 +280,10 @@ def open_clips(paths: dict, resize: bool = False, resize_flag: str = "") -> dict
                             f"{ref_role} {ref.path} has {len(ref)}")
     check_paired(*sources.values())
     for role, src in others:
+        if src.is_video and ref.is_video and abs(src.fps - ref.fps) > 1e-3 * ref.fps:
+            raise UserError(f"frame rate mismatch: {role} {src.path} is {src.fps:.6g} fps, {ref_role} {ref.path} is "
+                            f"{ref.fps:.6g} fps (frames pair by position: were frames dropped or added?)")
+    for role, src in others:
         if src.size != ref.size and not resize:
             fix = f" ({resize_flag} resizes it)" if resize_flag else ""
             raise UserError(f"frame size mismatch: {role} {src.path} is {size_text(src.size)}, {ref_role} "
@@ -311,12 +310,3 @@ def resized(src: FrameSource, size: tuple[int, int]):
 
 def is_video(out: Path) -> bool:
     return out.suffix.lower() in VIDEO_EXTS
-
-
-def count_frames(video: Path) -> int:
-    """How many frames a video file decodes to (container counts can be wrong); 0 when it does not open."""
-    cap, n = cv2.VideoCapture(str(video)), 0
-    while cap.grab():  # grab() decodes without read()'s colour conversion
-        n += 1
-    cap.release()
-    return n

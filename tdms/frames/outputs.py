@@ -102,8 +102,8 @@ def read_marker(out: Path) -> dict:
 
 # what an output depends on: the maker (method, weights digest, precision, protocol, options, frame format) and
 # the inputs
-MAKER_KEYS = ("method", "checkpoint_sha256", "dtype", "protocol", "flow", "lambda", "format", "input", "processed",
-              "inputs_sha256")
+MAKER_KEYS = ("method", "checkpoint_sha256", "dtype", "protocol", "flow", "lambda", "deflicker_size", "cut_reset",
+              "format", "encoding", "input", "processed", "inputs_sha256")
 
 
 def input_identity(src_i: FrameSource, src_p: FrameSource) -> dict:
@@ -218,9 +218,10 @@ def prepare_output(out: Path, inputs: list, redo: bool):
 
 
 def process_video(frames, out: Path, n: int, fps: float, meta: dict, ext: str = ".png", quality=None,
-                  desc: str = "", numbers: list[int] | None = None, resume: int = 0) -> dict:
+                  desc: str = "", numbers: list[int] | None = None, resume: int = 0, encoding=None) -> dict:
     """Write the generator `frames` to out (folder or video) through a hidden partial, moved into place when
-    complete; returns the record kept with it. A folder's frames are numbered `numbers` (default 0..n-1); with
+    complete; returns the record kept with it. A video is written as `encoding` says (frames.video.Encoding). A
+    folder's frames are numbered `numbers` (default 0..n-1); with
     `resume` = k (resume_point), frames 0..k-1 are kept from a killed run's partial and `frames` yields the rest.
     An exception (or Ctrl-C) stops the writer, closes `frames` (its decoding threads stop) and removes the
     partial; a killed run leaves it, for the next run to resume or remove."""
@@ -239,7 +240,8 @@ def process_video(frames, out: Path, n: int, fps: float, meta: dict, ext: str = 
     def write():
         ended = False
         try:
-            with FrameWriter(tmp, fps=fps, ext=ext, quality=quality, numbers=numbers[resume:], keep=resume > 0) as w:
+            with FrameWriter(tmp, fps=fps, ext=ext, quality=quality, numbers=numbers[resume:], keep=resume > 0,
+                             encoding=encoding) as w:
                 if folder:  # the maker of the partial, for a resume
                     write_record(tmp / MARKER, {**meta, "partial": True})
                 while (img := q.get()) is not None:

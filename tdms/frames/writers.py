@@ -9,16 +9,16 @@ import hashlib
 import os
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 
 from tdms.errors import UserError
 from tdms.files import write_bytes_atomic
-from tdms.frames.io import IMAGE_EXTS, VIDEO_EXTS, count_frames, image_files, size_text
+from tdms.frames.io import IMAGE_EXTS, VIDEO_EXTS, FrameSource, image_files, is_video, size_text
+from tdms.frames.video import Encoding, VideoEncoder, check_written
 
-# Codec per written container: mp4v (MPEG-4 part 2) ships with OpenCV's FFmpeg; MJPG is the safe AVI choice.
-FOURCC = {".mp4": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
-
+VIDEO_OUT = (".mp4", ".mov", ".mkv", ".avi")  # the containers H.264 is written in (.webm takes VP8/VP9/AV1 only)
 
 JPEG_QUALITY = 95  # OpenCV's own default, used when quality is None
 
@@ -77,25 +77,29 @@ def write_frame(path, img: np.ndarray, quality=None) -> list:
 
 
 class FrameWriter:
-    """Write frames to a folder (%05d.ext: 0, 1, ... or the given `numbers`) or to a video (.mp4/.mov/.mkv: mp4v,
-    .avi: MJPG).
+    """Write frames to a folder (%05d.ext: 0, 1, ... or the given `numbers`) or to a video (.mp4/.mov/.mkv/.avi:
+    H.264 as `encoding` says, frames.video.Encoding: CRF, lossless, the audio to copy, the time stamps to keep).
 
     Refuses an output that already holds frames (or an existing video) unless overwrite=True, which first
     deletes the folder's image files so no stale frame survives (call check_output before), or keep=True, which
     appends after them (a resumed output). `files` maps each frame file written to its file_record. A video is
     encoded to a hidden temp file renamed at close() once it reads back whole (the encoder accepted every frame,
     and the file reopened holds them all); otherwise, or on an exception inside `with`, the temp file is removed.
-    Video frames need an even width and height (the encoders silently crop odd sizes).
+    H.264 in yuv420p needs an even width and height (the lossless RGB encoding does not).
     """
 
     def __init__(self, out, fps: float = 30.0, ext: str = ".png", quality=None, overwrite: bool = False,
-                 numbers: list[int] | None = None, keep: bool = False):
+                 numbers: list[int] | None = None, keep: bool = False, encoding: Encoding | None = None):
         self.out = Path(out)
         self.fps, self.quality, self.count, self.numbers, self.files = float(fps), quality, 0, numbers, {}
         self.is_video = self.out.suffix.lower() in VIDEO_EXTS
         self.ext = ext.lower() if ext.startswith(".") else f".{ext.lower()}"
+        self.encoding = encoding or Encoding()
         self._video, self._size = None, None
         if self.is_video:
+            if self.out.suffix.lower() not in VIDEO_OUT:
+                raise UserError(f"{self.out}: tdms writes H.264 videos as {', '.join(VIDEO_OUT)}, not "
+                                f"{self.out.suffix} (its container takes other codecs)")
             if self.out.exists() and not overwrite:
                 raise UserError(f"{self.out}: already exists (pass overwrite=True to replace it)")
             self._tmp = self.out.with_name(f".{self.out.stem}.{os.getpid()}.partial{self.out.suffix}")
@@ -121,28 +125,29 @@ class FrameWriter:
             self.files[name] = write_frame(self.out / name, img, self.quality)
             self.count += 1
             return
-        bgr = to_uint8_bgr(img, self.out)
-        h, w = bgr.shape[:2]
+        rgb = np.ascontiguousarray(to_uint8_bgr(img, self.out)[:, :, ::-1])
+        h, w = rgb.shape[:2]
         if self._video is None:
-            if h % 2 or w % 2:
+            if (h % 2 or w % 2) and not self.encoding.lossless:
                 raise UserError(
-                    f"{self.out}: video frames need an even width and height, got {size_text((h, w))} "
-                    "(write a frame folder instead)"
+                    f"{self.out}: H.264 (yuv420p) needs an even width and height, got {size_text((h, w))} "
+                    "(write a frame folder instead, or a lossless video: --lossless)"
                 )
             try:
                 self.out.parent.mkdir(parents=True, exist_ok=True)
+                self._video, self._size = VideoEncoder(self._tmp, (h, w), self.fps, self.encoding), (h, w)
             except OSError as err:
                 raise write_error(err, self.out.parent) from None
-            fourcc = cv2.VideoWriter_fourcc(*FOURCC[self.out.suffix.lower()])
-            self._video, self._size = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, (w, h)), (h, w)
-            if not self._video.isOpened():
-                raise self._broken("cannot open a video encoder")
+            except av.error.FFmpegError as err:
+                raise self._broken(f"cannot open the encoder: {err}") from None
         if (h, w) != self._size:
             raise UserError(
                 f"{self.out}: frame {self.count} is {size_text((h, w))}, earlier frames {size_text(self._size)}"
             )
-        if self._video.write(bgr) is False:  # OpenCV >= 5 says whether the encoder took the frame (4.x: None)
-            raise self._broken(f"the encoder refused frame {self.count}")
+        try:
+            self._video.write(rgb)
+        except (OSError, av.error.FFmpegError) as err:
+            raise self._broken(f"the encoder refused frame {self.count}: {getattr(err, 'strerror', err)}") from None
         self.count += 1
 
     def close(self) -> None:
@@ -153,10 +158,13 @@ class FrameWriter:
             if self.count == 0:
                 raise UserError(f"{self.out}: no frames written")
             return  # already closed
-        self._video.release()
-        self._video = None
-        if (read := count_frames(self._tmp)) != self.count:
-            raise self._broken(f"{read} of its {self.count} frames read back")
+        video, self._video = self._video, None
+        try:
+            video.close()
+        except (OSError, av.error.FFmpegError) as err:
+            raise self._broken(f"the encoder failed at the end: {getattr(err, 'strerror', err)}") from None
+        if short := check_written(self._tmp, self.count):
+            raise self._broken(short)
         os.replace(self._tmp, self.out)
 
     def _broken(self, what: str) -> UserError:
@@ -172,7 +180,7 @@ class FrameWriter:
         """Stop without producing a video (frames already in a folder stay)."""
         if self.is_video:
             if self._video is not None:
-                self._video.release()
+                self._video.abort()
                 self._video = None
             self._tmp.unlink(missing_ok=True)
 
@@ -186,6 +194,25 @@ class FrameWriter:
             self.abort()
 
 
+
+
+def video_encoding(out: Path, src_i: FrameSource, src_p: FrameSource, crf: int, lossless: bool, audio: bool
+                   ) -> tuple[Encoding | None, list[str]]:
+    """How a video output of I and P is written, and what to say of it: the time stamps of the input video (else of
+    the processed one), the audio of the processed video (else of the input) unless not `audio`. None for a
+    frame folder."""
+    if not is_video(out):
+        return None, []
+    notes = []
+    timed = next((s for s in (src_i, src_p) if s.is_video and s.video.monotonic), None)
+    if timed is not None and timed.video.timing.variable:
+        notes.append(f"{timed.path}: variable frame rate (average {timed.fps:.6g} fps): its time stamps are kept")
+    heard = next((s for s in (src_p, src_i) if s.is_video and s.video.audio), None) if audio else None
+    if heard is not None:
+        notes.append(f"audio: the {heard.video.audio} track of {heard.path} goes into {out.name}")
+    elif audio and (src_i.is_video or src_p.is_video):
+        notes.append(f"audio: none in {' or '.join(str(s.path) for s in (src_p, src_i) if s.is_video)}")
+    return Encoding(crf, lossless, heard.path if heard else None, timed.video.timing if timed else None), notes
 
 
 def disk_full(folder: Path) -> bool:

@@ -1,15 +1,16 @@
 """Several videos in one batch (dataset mode): the recurrence is per video, so the batch runs across videos.
 
 Videos of one frame size share up to `batch` slots; a video that ends leaves its slot to the next waiting one,
-which starts with O_0 = P_0. Each video decodes in its own thread (frames.io.prefetch), stacking and padding run in
-another, and a pool of threads writes the frames. Outputs equal the one-video path (recurrence.step_frames) to ≤ 1e-5
-(different batch sizes may pick different conv kernels; tests/inference/test_batched.py).
+which starts with O_0 = P_0; at a scene cut a video restarts in its slot (O_t = P_t). Each video decodes in its own
+thread (frames.io.prefetch), stacking and padding run in another, and a pool of threads writes the frames. Outputs
+equal the one-video path (recurrence.step_frames) to ≤ 1e-5 (different batch sizes may pick different conv kernels;
+tests/inference/test_batched.py).
 """
 
 import os
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ class Video:
     name: str  # for messages
     size: tuple[int, int]  # (H, W) of every frame
     pairs: Iterable  # (I_t, P_t) float32 (H,W,3) frames
+    starts: Callable[[int, np.ndarray], bool] | None = None  # (t, I_t) -> a new shot begins (frames.cuts.ShotStarts)
 
 
 @dataclass
@@ -64,8 +66,9 @@ def stack(frames: list[np.ndarray], pin: bool) -> torch.Tensor:
 
 
 def stacked_steps(videos: list[Video], batch: int, pin: bool = False) -> Iterator[tuple[list[int], torch.Tensor,
-                                                                                          torch.Tensor]]:
-    """Per step: the indices of the videos in the batch and their I_t and P_t stacked, (B,3,H',W') each.
+                                                                                          torch.Tensor, list[bool]]]:
+    """Per step: the indices of the videos in the batch, their I_t and P_t stacked, (B,3,H',W') each, and whether
+    each video's frame begins a shot (its frame 0, or a cut its `starts` finds).
 
     Videos stay in their slots in order; one that ends leaves, and waiting videos join at the end.
     """
@@ -74,7 +77,7 @@ def stacked_steps(videos: list[Video], batch: int, pin: bool = False) -> Iterato
     count: dict[int, int] = {}
     active: list[int] = []
     while True:
-        now, ins, ps = [], [], []
+        now, ins, ps, fresh = [], [], [], []
         staying = iter(active)
         while len(now) < batch:
             k = next(staying, None)
@@ -88,6 +91,10 @@ def stacked_steps(videos: list[Video], batch: int, pin: bool = False) -> Iterato
                 continue
             check_frame(videos[k], count[k], pair[0], "original")
             check_frame(videos[k], count[k], pair[1], "processed")
+            starts = videos[k].starts
+            fresh.append(count[k] == 0 or bool(starts and starts(count[k], pair[0])))
+            if count[k] == 0 and starts:
+                starts(0, pair[0])  # its first frame, seen
             count[k] += 1
             now.append(k)
             ins.append(pair[0])
@@ -95,7 +102,7 @@ def stacked_steps(videos: list[Video], batch: int, pin: bool = False) -> Iterato
         if not now:
             return
         active = now
-        yield now, stack(ins, pin), stack(ps, pin)
+        yield now, stack(ins, pin), stack(ps, pin), fresh
 
 
 def take(x: torch.Tensor, rows: list[int]) -> torch.Tensor:
@@ -118,9 +125,9 @@ def batched_frames(step, videos: list[Video], batch: int, device="cpu") -> Itera
         return
     (h, w), device = sizes.pop(), torch.device(device)
     keys, i_prev, o_prev = [], None, None
-    for now, i_t, p_t in prefetch(stacked_steps(videos, batch, device.type == "cuda"), depth=2):
+    for now, i_t, p_t, fresh in prefetch(stacked_steps(videos, batch, device.type == "cuda"), depth=2):
         i_t, p_t = i_t.to(device, non_blocking=True), p_t.to(device, non_blocking=True)
-        going = [j for j, k in enumerate(now) if k in keys]  # videos past their first frame
+        going = [j for j, k in enumerate(now) if k in keys and not fresh[j]]  # past their shot's first frame
         o_t = p_t  # O_0 = P_0
         if going:
             rows = [keys.index(now[j]) for j in going]

@@ -4,10 +4,11 @@
     o_t, state = step(i_prev, i_t, o_prev, p_t, state)   # (B,3,H,W) on the device, H, W multiples of 4
 
 O_t comes back in fp32 whatever `amp` is. With bf16/fp16 TDMS-Net's heads (mask, flow, residual) run in a cast copy
-of the network and O_t = M·warp(O_{t-1}, F) + (1-M)·P_t + R is composed in fp32 (tdms_net.compose, as in
-TDMSNet.forward), so the recurrence carries O at full precision. (Autocast does the same on CUDA, but on CPU it
-runs reflection padding in fp32 and casts every layer's input twice, which costs more than bf16 saves.) Networks
-without separate heads (Lai et al.'s) and their `state` run under autocast.
+of the network (its two layers that read the frames stay fp32: FRAME_LAYERS) and O_t = M·warp(O_{t-1}, F) +
+(1-M)·P_t + R is composed in fp32 (tdms_net.compose, as in TDMSNet.forward), so the recurrence carries O at full
+precision. (Autocast does the same on CUDA, but on CPU it runs reflection padding in fp32 and casts every layer's
+input twice, which costs more than bf16 saves.) Networks without separate heads (Lai et al.'s) and their `state`
+run under autocast.
 
 Tolerances against the plain fp32 NCHW forward (tests/inference/test_batched.py): channels_last and batching
 ≤ 1e-5; bf16 a mean absolute difference ≤ 5e-3 per frame. bf16 pays off on CPUs with AVX512-BF16/AMX
@@ -22,9 +23,29 @@ import torch.nn as nn
 
 from tdms.devices import keep_freed_memory
 from tdms.errors import UserError
+from tdms.nets.layers import memory_format
+from tdms.nets.prepacked import can_prepack, prepack
 from tdms.nets.tdms_net import compose
 
 AMP = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+# TDMS-Net's layers that read the frames (cat(I_{t-1}, I_t), cat(O_{t-1}, P_t)): kept in fp32 in a bf16/fp16 run.
+# With the frames rounded to bf16 (8 bits of mantissa) the recurrence drifted from the fp32 one: over the 40 frames
+# of pencilsketch on real/bikes_0 the outputs were 44.45 dB apart, 64.9 dB with these two layers in fp32 (the three
+# output layers in fp32 changed nothing: 44.45 dB).
+FRAME_LAYERS = ("conv1a", "conv1b")
+
+
+class InFp32(nn.Module):
+    """`layer` run in fp32 on its input parts cast to fp32; its output cast to `dtype`, the layers' after it."""
+
+    def __init__(self, layer: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.layer, self.dtype = layer.float(), dtype
+
+    def forward(self, *parts):
+        return self.layer(*(p.float() for p in parts)).to(self.dtype)
 
 
 class Step(nn.Module):
@@ -37,6 +58,12 @@ class Step(nn.Module):
         self.split = dtype is not None and hasattr(net, "heads")  # heads in dtype, composition in fp32
         if self.split or channels_last:  # a copy: the caller's model keeps its weights
             net = copy.deepcopy(net).to(dtype=dtype if self.split else None, memory_format=self.memory_format)
+        if self.split:
+            for name in FRAME_LAYERS:
+                if hasattr(net, name):
+                    setattr(net, name, InFp32(getattr(net, name), dtype))
+        if device_type == "cpu" and channels_last and can_prepack(dtype if self.split else torch.float32):
+            prepack(net)  # the copy's weights are fixed: oneDNN's reordered weights are made once (nets/prepacked.py)
         self.net = net
 
     def fmt(self, x: torch.Tensor, dtype=None) -> torch.Tensor:
@@ -44,8 +71,13 @@ class Step(nn.Module):
 
     def forward(self, i_prev, i_t, o_prev, p_t, *state):
         if self.split:
-            mask, flow, residual = self.net.heads(*(self.fmt(x, self.dtype) for x in (i_prev, i_t, o_prev, p_t)))
-            return (compose(mask.float(), flow.float(), residual.float(), o_prev, p_t)[0],)  # in fp32
+            # the frames go in fp32: the pre-alignment warps them in fp32, and FRAME_LAYERS read them unrounded
+            mask, flow, residual = self.net.heads(*(self.fmt(x, torch.float32) for x in (i_prev, i_t, o_prev, p_t)))
+            gate = getattr(self.net, "residual_gate", "none")
+            # in fp32 and in O_{t-1}'s layout (a mixed layout makes every elementwise op a strided gather)
+            mask, flow, residual = (x.to(torch.float32, memory_format=memory_format(o_prev))
+                                    for x in (mask, flow, residual))
+            return (compose(mask, flow, residual, o_prev, p_t, gate)[0],)
         extra = {"state": state or None} if getattr(self.net, "recurrent", False) else {}
         # no cast cache: cached weight copies would outlive a CUDA graph capture's memory pool
         amp = torch.autocast(self.device_type, dtype=self.dtype, cache_enabled=False) if self.dtype else nullcontext()
@@ -91,7 +123,7 @@ def make_step(model: nn.Module, device, amp: str = "fp32", channels_last: bool =
     """step(i_prev, i_t, o_prev, p_t, state=None) -> (O_t fp32, state); call it under torch.inference_mode().
 
     amp: fp32 | bf16 | fp16 (fp16 on CUDA only). compile: torch.compile, specialised per input shape.
-    cuda_graph: capture one CUDA graph per input shape (CUDA only). keep_memory: on CPU, after the first frame,
+    cuda_graph: capture one CUDA graph per input shape (CUDA only). keep_memory: on CPU, from the first frame on,
     keep freed memory mapped (devices.keep_freed_memory; process-wide).
     """
     device = torch.device(device)
@@ -115,10 +147,10 @@ def make_step(model: nn.Module, device, amp: str = "fp32", channels_last: bool =
     first = [keep_memory and device.type == "cpu"]
 
     def step(i_prev, i_t, o_prev, p_t, state=None):
-        out = fn(i_prev, i_t, o_prev, p_t, *(state or ()))
-        if first[0]:
+        if first[0]:  # before the first frame: its activations are then mapped once, not once each
             first[0] = False
             keep_freed_memory()
+        out = fn(i_prev, i_t, o_prev, p_t, *(state or ()))
         return out[0], tuple(out[1:]) or None
 
     return step

@@ -1,10 +1,11 @@
-"""The four ways to turn (I_t, P_t) pairs into O_t, for tdms-test and the API alike.
+"""The five ways to turn (I_t, P_t) pairs into O_t, for tdms-test and the API alike.
 
     method = make_method("bonneel", "cpu", flow="dis", lam=1.0)
     for o_t in method.frames(pairs): ...    # (I_t, P_t) float32 (H,W,3) in, O_t float32 (H,W,3) out, unclipped
 
 tdms: TDMS-Net's recurrence (a loaded network, or one loaded from a checkpoint file); naive: the ½/½ blend with
-the warped previous output; bonneel: Bonneel et al. 2015's screened Poisson solve; identity: O = P.
+the warped previous output; bonneel: Bonneel et al. 2015's screened Poisson solve; ffmpeg-deflicker: FFmpeg's
+deflicker filter (a gain per frame on the luma, mode am); identity: O = P.
 """
 
 from collections.abc import Callable
@@ -18,12 +19,13 @@ from tdms.errors import UserError
 from tdms.files import file_digest
 from tdms.flow import build_flow
 from tdms.inference.bonneel import bonneel_frames
+from tdms.inference.deflicker import SIZE, check_size, deflicker_frames
 from tdms.inference.fast import AMP, make_step
 from tdms.inference.original import PROTOCOLS, original_frames
 from tdms.inference.recurrence import identity_frames, naive_frames, step_frames
 from tdms.nets.build import load_model
 
-METHODS = ("tdms", "naive", "bonneel", "identity")
+METHODS = ("tdms", "naive", "bonneel", "ffmpeg-deflicker", "identity")
 
 
 @dataclass
@@ -36,7 +38,8 @@ class Method:
 
 def make_method(name: str, device=None, model=None, checkpoint: Path | None = None, amp: str = "auto",
                 channels_last: bool = True, compile: bool = False, cuda_graph: bool = False, flow="dis",
-                lam: float = 1.0, verbose: bool = False, protocol: str = "tdms", keep_memory: bool = False) -> Method:
+                lam: float = 1.0, verbose: bool = False, protocol: str = "tdms", keep_memory: bool = False,
+                deflicker_size: int = SIZE) -> Method:
     """The method `name` (METHODS) with its options.
 
     tdms: `model` a loaded network (it runs where it is; `device`, if given, must be of its type), or None to
@@ -44,6 +47,7 @@ def make_method(name: str, device=None, model=None, checkpoint: Path | None = No
     devices.auto_dtype), channels_last, compile, cuda_graph and keep_memory as fast.make_step; protocol "original"
     runs the original test scripts' loop instead (inference/original.py: fp32, one frame at a time).
     naive, bonneel: `flow` a backend name or a callable flow(a, b) -> (B,2,H,W); bonneel's weight `lam`.
+    ffmpeg-deflicker: its window of `deflicker_size` frames (FFmpeg's `size`, 2..129).
     device None means the model's device, or the CPU.
     """
     if name not in METHODS:
@@ -59,6 +63,11 @@ def make_method(name: str, device=None, model=None, checkpoint: Path | None = No
         raise UserError(f"protocol {protocol!r} is the original test loop of a network: it needs method 'tdms'")
     if name == "identity":
         return Method(identity_frames, "identity", {"method": "identity"})
+    if name == "ffmpeg-deflicker":
+        check_size(deflicker_size)
+        return Method(lambda pairs: deflicker_frames(pairs, deflicker_size),
+                      f"FFmpeg deflicker (mode am, size {deflicker_size})",
+                      {"method": "ffmpeg-deflicker", "deflicker_size": deflicker_size})
     backend = build_flow(flow) if isinstance(flow, str) else flow
     flow_name = getattr(backend, "name", getattr(backend, "__name__", type(backend).__name__))
     if name == "naive":

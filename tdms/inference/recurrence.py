@@ -1,9 +1,10 @@
-"""The recurrence over one video: O_0 = P_0, then O_t from (I_{t-1}, I_t, O_{t-1}, P_t).
+"""The recurrence over one video: O_0 = P_0, then O_t from (I_{t-1}, I_t, O_{t-1}, P_t); restarted at scene cuts.
 
 Each method is a generator over (I_t, P_t) frame pairs yielding O_t as float32 (H,W,3) numpy frames, unclipped
 (the writer clips).
 """
 
+from itertools import chain, groupby, islice
 
 import torch
 import torch.nn.functional as F
@@ -56,3 +57,40 @@ def naive_frames(flow, pairs, a: float = 0.5):
 def identity_frames(pairs):
     for _, p_np in pairs:
         yield p_np
+
+
+def restart_at_cuts(frames, pairs, starts, t0: int = 0):
+    """O_t of one video from a method's `frames` (iterator of (I_t, P_t) -> iterator of O_t), run afresh on each
+    shot: O_t = P_t at every t where `starts(t, I_t)` (frames.cuts.ShotStarts) says a new shot begins. Frames
+    are numbered from t0."""
+    shot = 0
+
+    def key(item) -> int:  # groupby calls it once per pair, in order
+        nonlocal shot
+        t, (i_t, _) = item
+        shot += bool(starts(t, i_t))
+        return shot
+
+    pieces = groupby(enumerate(pairs, t0), key=key)
+    return chain.from_iterable(frames(pair for _, pair in piece) for _, piece in pieces)
+
+
+def restarted(frames, pairs, starts, first: int = 0, o_last=None):
+    """O_t for t = first.. from frames(pairs) (a method's recurrence), restarted (O_t = P_t) where `starts` finds a
+    new shot.
+
+    With o_last, the O of frame first-1 read back, pairs begin at frame first-1 and the recurrence continues from
+    o_last: it goes in as that frame's P, which the recurrences return as it is (O_0 = P_0), and is not yielded (not for
+    ffmpeg-deflicker, whose window looks ahead).
+    Closing this generator closes `pairs` (and so stops their decoding thread)."""
+    t0 = first - 1 if o_last is not None else first
+
+    def numbered():
+        for t, (i_t, p_t) in enumerate(pairs, t0):
+            yield t, (i_t, o_last if t < first else p_t)
+
+    outs = restart_at_cuts(frames, (pair for _, pair in numbered()), starts, t0)
+    try:
+        yield from islice(outs, 1 if o_last is not None else 0, None)
+    finally:
+        pairs.close()

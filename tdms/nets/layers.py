@@ -4,13 +4,20 @@
 compute the same function (tests/nets/test_model.py checks values and gradients in fp64 against the plain ops):
 `ColumnConvLayer` runs the narrow 7x7 output layers as one k x 1 conv and a shifted sum, `UpsampleConvLayer`
 runs nearest x2 upsampling + 3x3 conv as four 2x2 phase convolutions at the input's resolution, and every pad
-runs in the activations' own dtype under autocast.
+runs in the activations' own dtype under autocast. A layer takes its input as the channel parts of a
+concatenation (the network's skips) and may end in the network's leaky ReLU (`act`).
+
+Inference on CPU (`prepack`, which inference/fast.py applies to its own copy of a network): each layer runs as
+oneDNN convolutions on weights reordered once, with the leaky ReLU or the residual sum fused in, and without a
+padded copy of its input (nets/prepacked.py).
 """
 
 from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
+
+from tdms.nets.prepacked import SLOPE, derived, fast, padded, padded_conv
 
 NORMS = ("none", "instance")
 
@@ -23,28 +30,53 @@ def own_dtype(x: torch.Tensor):
     return nullcontext()
 
 
+def cat(parts) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+
+def leaky(x: torch.Tensor, act: bool) -> torch.Tensor:
+    return nn.functional.leaky_relu(x, SLOPE, inplace=True) if act else x
+
+
 class ConvLayer(nn.Module):
-    """Reflection padding (k//2) + Conv2d (+ InstanceNorm).
+    """Reflection padding (k//2) + Conv2d (+ InstanceNorm) (+ the leaky ReLU with `act`).
 
     `norm` is "none" or "instance". With `dead_norm` the InstanceNorm (with running buffers) is built but
     never applied: the released model's layers look like that (its `norm in ["BN" or "IN"]` test is False).
+    forward(*parts, add=None): the input is the channel concatenation of `parts`; `add` is added to the output.
     """
 
-    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, norm: str = "none", dead_norm: bool = False):
+    packs = None  # prepack() makes it a dict: the fast CPU path's weights
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, norm: str = "none", dead_norm: bool = False,
+                 act: bool = False):
         super().__init__()
         self.pad = nn.ReflectionPad2d(k // 2)
         self.conv2d = nn.Conv2d(cin, cout, k, stride)
+        self.act = act
         self.apply_norm = norm == "instance" and not dead_norm
         if dead_norm:
             self.norm_layer = nn.InstanceNorm2d(cout, track_running_stats=True)
         elif norm == "instance":
             self.norm_layer = nn.InstanceNorm2d(cout, affine=True)
 
-    def forward(self, x):
+    def forward(self, *parts, add=None):
+        conv = self.conv2d
+        if fast(self, parts, conv.weight):
+            p = conv.kernel_size[0] // 2
+            fuse_add = add is not None and not self.act and add.dtype == conv.weight.dtype
+            x, pad, mode = cat(parts), (p, p), "reflect"
+            if conv.stride != (1, 1):  # (padded's docstring says why)
+                x, pad, mode = padded(parts, p, p), (0, 0), "zeros"
+            y = padded_conv(self.packs, x, conv.weight, conv.bias, pad, conv.stride, mode, self.act,
+                            add if fuse_add else None)
+            return y if add is None or fuse_add else y + add
+        x = cat(parts)
         with own_dtype(x):
             x = self.pad(x)
-        x = self.conv2d(x)
-        return self.norm_layer(x) if self.apply_norm else x
+        x = conv(x)
+        x = leaky(self.norm_layer(x) if self.apply_norm else x, self.act)
+        return x if add is None else x + add
 
 
 def memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -98,6 +130,15 @@ class ShiftSum(torch.autograd.Function):
         return grad_z, grad_bias, None
 
 
+def pick_shares(cout: int, k: int, dtype: torch.dtype) -> torch.Tensor:
+    """(cout, k·cout, 1, k): the 1×k conv that computes ShiftSum, out[c] = Σ_d z[d·cout + c] shifted by d - k//2
+    (weights 1 and 0; accumulated in fp32 and rounded once, as a conv's sums are)."""
+    w = torch.zeros(cout, k * cout, 1, k, dtype=dtype)
+    for d in range(k):
+        w[torch.arange(cout), d * cout + torch.arange(cout), 0, d] = 1
+    return w
+
+
 class ColumnConvLayer(ConvLayer):
     """A ConvLayer with few outputs (the three k×k output layers: 2–3 channels), run on CPU as one k×1 conv.
 
@@ -111,27 +152,45 @@ class ColumnConvLayer(ConvLayer):
 
     devices = ("cpu",)  # where forward takes the column route
 
-    def forward(self, x):
+    def forward(self, *parts, add=None):
         k = self.conv2d.kernel_size[0]
-        too_small = min(x.shape[-2:]) <= k // 2  # cannot be reflected: the plain layer's error says so
-        if x.device.type not in self.devices or self.conv2d.stride != (1, 1) or too_small:
-            return super().forward(x)
-        return self.by_columns(x)
+        too_small = min(parts[0].shape[-2:]) <= k // 2  # cannot be reflected: the plain layer's error says so
+        if parts[0].device.type not in self.devices or self.conv2d.stride != (1, 1) or too_small:
+            return super().forward(*parts, add=add)
+        out = self.by_columns(*parts)
+        return out if add is None else out + add
 
-    def by_columns(self, x):
+    def by_columns(self, *parts):
         k = self.conv2d.kernel_size[0]
         weight = self.conv2d.weight
         cols = weight.permute(3, 0, 1, 2).reshape(k * weight.shape[0], -1, k, 1)  # channel d·C + c: column d's share
-        with own_dtype(x):
-            x = nn.functional.pad(x, (0, 0, k // 2, k // 2), mode="reflect")
-        out = ShiftSum.apply(nn.functional.conv2d(x, cols), self.conv2d.bias, k)
-        return self.norm_layer(out) if self.apply_norm else out
+        if fast(self, parts, weight):  # the shift and sum as a 1×k conv of the shares, their columns reflected
+            z = padded_conv(self.packs, cat(parts), cols, None, (k // 2, 0), name="cols")
+            pick = derived(self.packs, "pick", weight.dtype, lambda: pick_shares(weight.shape[0], k, weight.dtype))
+            out = padded_conv(self.packs, z, pick, self.conv2d.bias, (0, k // 2), name="pick")
+            return leaky(out, self.act)  # (no norm on this path)
+        else:
+            x = cat(parts)
+            with own_dtype(x):
+                x = nn.functional.pad(x, (0, 0, k // 2, k // 2), mode="reflect")
+            z = nn.functional.conv2d(x, cols)
+        out = ShiftSum.apply(z, self.conv2d.bias, k)
+        return leaky(self.norm_layer(out) if self.apply_norm else out, self.act)
 
 
 # Nearest ×2 upsampling repeats each source pixel twice along an axis, so output row 2i + a of a 3-tap filter reads
 # source rows i - 1, i (a = 0) or i, i + 1 (a = 1), the taps landing on one source row summed: (phase a, 2, 3).
 PHASE_TAPS = ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0))
 PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))
+
+
+def interleave(y: torch.Tensor, cout: int, h: int, w: int, offsets) -> torch.Tensor:
+    """The (B, cout, 2h, 2w) image whose phase p = (a, b) (pixels (2i + a, 2j + b)) is y's channels
+    p·cout .. (p+1)·cout - 1 at pixels (i + offsets[p][0], j + offsets[p][1])."""
+    out = torch.empty((y.shape[0], cout, 2 * h, 2 * w), dtype=y.dtype, device=y.device, memory_format=memory_format(y))
+    for p, ((a, b), (dy, dx)) in enumerate(zip(PHASES, offsets, strict=True)):
+        out[:, :, a::2, b::2] = y[:, p * cout:(p + 1) * cout, dy:dy + h, dx:dx + w]
+    return out
 
 
 class UpsampleConvLayer(ConvLayer):
@@ -143,29 +202,68 @@ class UpsampleConvLayer(ConvLayer):
     (u[-1] = u[1] = x[0]). Same weights and the same function, up to rounding.
     """
 
-    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, norm: str = "none", dead_norm: bool = False):
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, norm: str = "none", dead_norm: bool = False,
+                 act: bool = False):
         if (k, stride) != (3, 1):
             raise ValueError(f"UpsampleConvLayer is 3×3, stride 1; got kernel {k}, stride {stride}")
-        super().__init__(cin, cout, k, stride, norm, dead_norm)
+        super().__init__(cin, cout, k, stride, norm, dead_norm, act)
         # a buffer, not made per call: a host-to-device copy inside a forward would break CUDA graph capture;
         # not persistent, so the state dict keeps the released names only
         self.register_buffer("taps", torch.tensor(PHASE_TAPS), persistent=False)
 
-    def forward(self, x):
-        n, _, h, w = x.shape
-        weight, bias = self.conv2d.weight, self.conv2d.bias
-        with own_dtype(x):  # the weights combined in fp32, the padding in x's dtype
+    def phased(self):
+        """(4·cout, cin, 2, 2): the 3×3 taps summed per phase, combined in the weights' dtype."""
+        weight = self.conv2d.weight
+        with own_dtype(weight):
             taps = self.taps.to(weight.dtype)
-            phased = torch.einsum("ayk,oikl,bxl->aboiyx", taps, weight, taps).flatten(0, 2)  # (4·cout, cin, 2, 2)
-            # replicate padding by 1, as edge copies: inductor's replication_pad2d_backward mislays channels_last
-            x = torch.cat((x[:, :, :1], x, x[:, :, -1:]), 2)
-            x = torch.cat((x[..., :1], x, x[..., -1:]), 3)
-        y = nn.functional.conv2d(x, phased, bias.repeat(4))  # (B, 4·cout, h+1, w+1), phase-major
-        cout = weight.shape[0]
-        out = torch.empty((n, cout, 2 * h, 2 * w), dtype=y.dtype, device=y.device, memory_format=memory_format(y))
-        for p, (a, b) in enumerate(PHASES):  # phase (a, b) at source pixel (i, j) is y at (i + a, j + b)
-            out[:, :, a::2, b::2] = y[:, p * cout:(p + 1) * cout, a:a + h, b:b + w]
-        return self.norm_layer(out) if self.apply_norm else out
+            return torch.einsum("ayk,oikl,bxl->aboiyx", taps, weight, taps).flatten(0, 2)
+
+    def forward(self, *parts, add=None):
+        n, _, h, w = parts[0].shape
+        weight, bias = self.conv2d.weight, self.conv2d.bias
+        fused = fast(self, parts, weight)
+        if fused:  # the phases and the leaky ReLU in one call on the replicate-padded input
+            phased, bias4 = derived(self.packs, "phased", weight.dtype, lambda: (self.phased(), bias.repeat(4)))
+            y = padded_conv(self.packs, cat(parts), phased, bias4, (1, 1), mode="replicate", act=self.act)
+        else:
+            x = cat(parts)
+            with own_dtype(x):  # replicate padding by 1, as edge copies: inductor's replication_pad2d_backward
+                x = torch.cat((x[:, :, :1], x, x[:, :, -1:]), 2)  # mislays channels_last
+                x = torch.cat((x[..., :1], x, x[..., -1:]), 3)
+            y = nn.functional.conv2d(x, self.phased(), bias.repeat(4))  # (B, 4·cout, h+1, w+1), phase-major
+        out = interleave(y, weight.shape[0], h, w, PHASES)  # phase (a, b) at source pixel (i, j): y at (i + a, j + b)
+        if not fused:
+            out = leaky(self.norm_layer(out) if self.apply_norm else out, self.act)
+        return out if add is None else out + add
+
+
+# A 3-tap transposed conv of stride 2, padding 1 puts tap 1 on output 2i (from source i) and taps 2 and 0 on output
+# 2i + 1 (from sources i and i + 1; past the end, zero): (phase, 2 sources, 3 taps).
+TRANSPOSED_TAPS = ((0.0, 1.0, 0.0), (0.0, 0.0, 0.0)), ((0.0, 0.0, 1.0), (1.0, 0.0, 0.0))
+
+
+class TransposedConv(nn.ConvTranspose2d):
+    """3×3 transposed conv, stride 2 (×2 the size) (+ the leaky ReLU with `act`): the mask and flow heads' upsampling.
+
+    Prepacked on CPU it runs as UpsampleConvLayer does, as four 2×2 phase convs of the input in one call
+    (TRANSPOSED_TAPS; the taps are picked, not summed: exact in any dtype): oneDNN's transposed conv ran at ~1/4 of its
+    conv rate on AMX.
+    """
+
+    packs = None
+
+    def __init__(self, cin: int, cout: int, act: bool = False):
+        super().__init__(cin, cout, 3, stride=2, padding=1, output_padding=1)
+        self.act = act
+
+    def forward(self, x):
+        if not fast(self, (x,), self.weight):
+            return leaky(super().forward(x), self.act)
+        phased, bias4 = derived(self.packs, "phased", self.weight.dtype, lambda: (torch.einsum(
+            "ayk,iokl,bxl->aboiyx", torch.tensor(TRANSPOSED_TAPS, dtype=self.weight.dtype), self.weight,
+            torch.tensor(TRANSPOSED_TAPS, dtype=self.weight.dtype)).flatten(0, 2), self.bias.repeat(4)))
+        y = padded_conv(self.packs, x, phased, bias4, (1, 1), mode="zeros", act=self.act)
+        return interleave(y, self.out_channels, *x.shape[-2:], [(1, 1)] * 4)  # zero padding 1 shifts y by one
 
 
 class ResidualBlock(nn.Module):
@@ -173,13 +271,8 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, ch: int, norm: str, dead_norm: bool):
         super().__init__()
-        self.conv1 = ConvLayer(ch, ch, 3, 1, norm, dead_norm)
+        self.conv1 = ConvLayer(ch, ch, 3, 1, norm, dead_norm, act=True)
         self.conv2 = ConvLayer(ch, ch, 3, 1, norm, dead_norm)
-        self.relu = nn.LeakyReLU(0.2, inplace=True)
 
     def forward(self, x):
-        return x + self.conv2(self.relu(self.conv1(x)))
-
-
-
-
+        return self.conv2(self.conv1(x), add=x)

@@ -8,17 +8,26 @@ A deviation, off by default (`model.flow_prior`): with a flow prior F° = flow(I
 estimator (DIS), the network sees I_{t-1} and O_{t-1} pre-aligned by F° and its flow head predicts a correction,
 F_t = F° + ΔF_t. The weights and layer names stay those of the released model; only the routing of the two
 previous frames changes. The shipped CPU-trained checkpoint uses it (checkpoints/README.md says why).
+
+A second deviation, off by default (`model.residual_gate`): with "difference" the refining residual is bounded by
+where the past and the present disagree, R_t = tanh(·) · G_t with G_t = maxpool3x3(max_c |warp(O_{t-1}, F_t) - P_t|).
+The residual head sees the original frames, so without a bound it can draw their structure into O_t where P_t has
+none (a black or flat P_t came back with I_t's edges); with it, O_t = P_t exactly wherever warp(O_{t-1}) = P_t
+within one pixel, and O_t stays within G_t of the blend everywhere. It adds no weights.
+
 """
 
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from tdms.errors import UserError
 from tdms.flow.warp import warp
-from tdms.nets.layers import NORMS, ColumnConvLayer, ConvLayer, ResidualBlock, UpsampleConvLayer
+from tdms.nets.layers import NORMS, ColumnConvLayer, ConvLayer, ResidualBlock, TransposedConv, UpsampleConvLayer
 
 FLOW_SCALE = 20.0  # the flow head's output is multiplied by 20 (pixels)
+GATES = ("none", "difference")
 
 
 class TDMSNet(nn.Module):
@@ -29,8 +38,12 @@ class TDMSNet(nn.Module):
     but are not applied. False (default) chains the blocks and applies `norm` as asked.
     """
 
-    def __init__(self, nf: int = 32, norm: str = "none", original_quirks: bool = False, prior_flow=None):
+    def __init__(self, nf: int = 32, norm: str = "none", original_quirks: bool = False, prior_flow=None,
+                 residual_gate: str = "none"):
         super().__init__()
+        if residual_gate not in GATES:
+            raise UserError(f"unknown model.residual_gate {residual_gate!r}; choose from {list(GATES)}")
+        self.residual_gate = residual_gate
         # flow(img_a, img_b) -> (B,2,H,W), tdms.flow's contract; None = the paper's network. Not a submodule:
         # it has no weights and is rebuilt from the config (checkpoint.build_model).
         self.prior_flow = prior_flow
@@ -39,14 +52,14 @@ class TDMSNet(nn.Module):
         self.original_quirks = original_quirks
         q = original_quirks
 
-        def conv(cin, cout, k, stride=1):
-            return ConvLayer(cin, cout, k, stride, norm, q)
+        def conv(cin, cout, k, stride=1):  # each followed by the leaky ReLU
+            return ConvLayer(cin, cout, k, stride, norm, q, act=True)
 
         def blocks(n):
             return nn.Sequential(*[ResidualBlock(nf * 4, norm, q) for _ in range(n)])
 
         def transposed(cin, cout):
-            return nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1)
+            return TransposedConv(cin, cout, act=True)
 
         self.conv1a = conv(6, nf, 7)  # cat(I_{t-1}, I_t)
         self.conv1b = conv(6, nf, 7)  # cat(O_{t-1}, P_t)
@@ -57,8 +70,8 @@ class TDMSNet(nn.Module):
         self.ResBlocks_w = blocks(2)
         self.ResBlocks_f = blocks(3)
         # refining residual head: upsample-conv with skips from the original-frame branch
-        self.deconv1 = UpsampleConvLayer(nf * 4, nf * 2, 3, 1, norm, q)
-        self.deconv2 = UpsampleConvLayer(nf * 4, nf, 3, 1, norm, q)
+        self.deconv1 = UpsampleConvLayer(nf * 4, nf * 2, 3, 1, norm, q, act=True)
+        self.deconv2 = UpsampleConvLayer(nf * 4, nf, 3, 1, norm, q, act=True)
         # The three output layers have no norm (not even a dead one): the original builds them with norm=None.
         self.deconv3 = ColumnConvLayer(nf * 2, 3, 7)
         # mask head
@@ -69,7 +82,6 @@ class TDMSNet(nn.Module):
         self.deconv1_f = transposed(nf * 4, nf * 2)
         self.deconv2_f = transposed(nf * 2, nf)
         self.deconv3_f = ColumnConvLayer(nf, 2, 7)
-        self.relu = nn.LeakyReLU(0.2, inplace=True)
 
     def _head_blocks(self, blocks: nn.Sequential, e3):
         if self.original_quirks:  # each block applied to E3, only the last output kept
@@ -96,24 +108,24 @@ class TDMSNet(nn.Module):
             i_prev, o_prev = (warp(x.float(), prior).to(x.dtype) for x in (i_prev, o_prev))
         elif prior is not None:
             raise UserError("a flow prior was given to a TDMSNet built without one (model.flow_prior=none)")
-        act = self.relu
-        e1a = act(self.conv1a(torch.cat((i_prev, i_t), 1)))
-        e1b = act(self.conv1b(torch.cat((o_prev, p_t), 1)))
-        e2a = act(self.conv2a(e1a))
-        e2b = act(self.conv2b(e1b))
-        e3 = act(self.conv3(torch.cat((e2a, e2b), 1)))
+        # every layer ends in the leaky ReLU but the output layers; several inputs: their channel concatenation
+        e1a = self.conv1a(i_prev, i_t)
+        e1b = self.conv1b(o_prev, p_t)
+        e2a = self.conv2a(e1a)
+        e2b = self.conv2b(e1b)
+        e3 = self.conv3(e2a, e2b)
 
         r = self.ResBlocks(e3)
-        r = act(self.deconv1(r))
-        r = act(self.deconv2(torch.cat((r, e2a), 1)))
-        residual = torch.tanh(self.deconv3(torch.cat((r, e1a), 1)))
+        r = self.deconv1(r)
+        r = self.deconv2(r, e2a)
+        residual = torch.tanh(self.deconv3(r, e1a))
 
         m = self._head_blocks(self.ResBlocks_w, e3)
-        m = act(self.deconv2_w(act(self.deconv1_w(m))))
+        m = self.deconv2_w(self.deconv1_w(m))
         mask = torch.sigmoid(self.deconv3_w(m))
 
         f = self._head_blocks(self.ResBlocks_f, e3)
-        f = act(self.deconv2_f(act(self.deconv1_f(f))))
+        f = self.deconv2_f(self.deconv1_f(f))
         flow = self.deconv3_f(f) * FLOW_SCALE
         if self.flow_prior:
             flow = prior + flow.float()
@@ -122,14 +134,18 @@ class TDMSNet(nn.Module):
     def forward(self, i_prev, i_t, o_prev, p_t, prior=None) -> dict:
         """One step of the recurrence. Returns output, mask, flow, residual, warped (= warp(O_{t-1}, F_t))."""
         mask, flow, residual = self.heads(i_prev, i_t, o_prev, p_t, prior)
-        output, warped = compose(mask, flow, residual, o_prev, p_t)
+        output, warped = compose(mask, flow, residual, o_prev, p_t, self.residual_gate)
         return {"output": output, "mask": mask, "flow": flow, "residual": residual, "warped": warped}
 
 
-def compose(mask, flow, residual, o_prev, p_t) -> tuple[torch.Tensor, torch.Tensor]:
+def compose(mask, flow, residual, o_prev, p_t, gate: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
     """O_t = M·warp(O_{t-1}, F) + (1-M)·P_t + R from the three heads' outputs; returns O_t and warp(O_{t-1}, F).
+    gate "difference" bounds R by G = maxpool3x3(max_c |warp(O_{t-1}, F) - P_t|) (the class docstring says why).
 
     Runs in the inputs' dtype: the fast path (inference/fast.py) gives it fp32 heads so that O stays fp32.
     """
     warped = warp(o_prev, flow)
+    if gate == "difference":
+        bound = (warped - p_t).abs().amax(1, keepdim=True)
+        residual = residual * F.max_pool2d(bound, 3, stride=1, padding=1)
     return mask * warped + (1 - mask) * p_t + residual, warped

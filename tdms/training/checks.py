@@ -66,9 +66,18 @@ def check_settings(cfg: Config):
     ] + [(f"optim.{name}", getattr(o, name), 0 <= getattr(o, name) < 1, "in [0, 1) (Adam's decay rate)")
          for name in ("beta1", "beta2")
     ] + [(f"loss.{name}", getattr(w, name), getattr(w, name) >= 0, ">= 0 (0 = off)")
-         for name in ("temporal", "long_term", "perceptual", "fidelity", "flow", "flow_cycle", "mask")
+         for name in ("temporal", "long_term", "perceptual", "fidelity", "log_fidelity", "relative_temporal", "flow",
+                      "flow_cycle", "mask")
     ] + [(f"train.{name}", getattr(t, name), getattr(t, name) >= 0, ">= 0 (0 = off)")
-         for name in ("log_every", "image_every", "ckpt_every")]
+         for name in ("log_every", "image_every", "ckpt_every", "val_every")] + [
+        ("loss.log_fidelity_eps", w.log_fidelity_eps, w.log_fidelity_eps > 0, "> 0 (log10 of 0 is -inf)"),
+        ("loss.relative_temporal_target", w.relative_temporal_target, 0 <= w.relative_temporal_target < 1,
+         "in [0, 1) (E(O)/E(P) to reach; 0 = off)"),
+        ("train.val_frames", t.val_frames, t.val_frames == 0 or t.val_frames >= 2,
+         ">= 2 (a validation clip's frames; 0 = all)"),
+        ("train.val_dtype", t.val_dtype, t.val_dtype in ("auto", "fp32", "bf16", "fp16"),
+         "auto, fp32, bf16 or fp16 (as tdms-test --dtype)"),
+    ]
     for key, value, ok, want in rules:
         if not ok:
             raise UserError(f"{key} must be {want}, got {value}")

@@ -13,6 +13,7 @@ k), so a run resumes exactly with another number of processes. Rank 0 alone logs
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from tdms import distributed
-from tdms.checkpoint import training_state
+from tdms.checkpoint import best_of, training_state
 from tdms.config import Config, save_config
 from tdms.devices import pick_device
 from tdms.errors import UserError
@@ -40,6 +41,7 @@ from tdms.training.checks import (
 from tdms.training.dataset import build_data, make_loader
 from tdms.training.frozen import build_aux
 from tdms.training.step import NonFiniteLoss, clip_losses, optimizer_step
+from tdms.training.validation import Validator
 from tdms.weights import load_strict, read_checkpoint
 
 LAST = "last.pth"
@@ -65,10 +67,15 @@ def train(cfg: Config, resume: bool = False, init_weights: str = "") -> Path:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
         write_run_record(out, sha, device, step, world)
+    validator = None
+    if cfg.train.val_every and world.main:  # the validation data is checked before any training step
+        validator = Validator(cfg, out, None, best_of(ckpt) if ckpt else None, step)
     loader = make_loader(ds, step, cfg, world, device)
     forward = wrap(model, cfg, world, device, aux)
     tb = SummaryWriter(out / "tb") if world.main else None
     log = LossLog(world, device, tb)
+    if validator:
+        validator.tb = tb
     model.train()
 
     bar = tqdm(total=cfg.train.steps, initial=step, desc="train", unit="step", disable=not world.main)
@@ -89,8 +96,12 @@ def train(cfg: Config, resume: bool = False, init_weights: str = "") -> Path:
             log.write(step, sched.get_last_lr()[0], bar)
         if due(step, cfg.train.image_every) and world.main:
             log_images(tb, model, batch, step)
+        best = validator.best if validator else None
+        if validator and (due(step, cfg.train.val_every) or end):
+            validator(model, step, partial(training_state, model, opt, sched, scaler, step, cfg, sha), bar)
+            best = validator.best
         if (due(step, cfg.train.ckpt_every) or end) and world.main:
-            save_atomic(training_state(model, opt, sched, scaler, step, cfg, sha), last)
+            save_atomic(training_state(model, opt, sched, scaler, step, cfg, sha, best), last)
     bar.close()
     if tb:
         tb.close()

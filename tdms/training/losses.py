@@ -4,7 +4,8 @@ The terms, with F* = flow(I_t -> I_{t-1}) and the visibility V (tdms/flow/occlus
 original TDMS-Net code: temporal L1(O_t·V, warp(O_{t-1}, F*)·V) 100; perceptual sum_l L1(VGG16_l(O_t),
 VGG16_l(P_t)) at relu4_3 10; fidelity L1(O_t, P_t) 1; flow L1(F_t, F*) 0.5; flow cycle L1(flow(I_{t-1} -> I_t),
 flow(O_{t-1} -> O_t)) 1 (off by default here: loss.flow_cycle); mask L1(M_t, V) 1. Lai et al.'s long-term term
-is the temporal one towards frame 0.
+is the temporal one towards frame 0. Two terms of our own (off by default) measure the evaluation's two axes
+instead: log_fidelity (-PSNR/10) and relative_temporal (E(O)/E(P) on the clip, 1 - D_t).
 
 All images (B,3,H,W) in [0,1]; flows (B,2,H,W) pixels; visibility (B,1,H,W) in [0,1].
 """
@@ -31,6 +32,24 @@ def temporal_loss(output, target_warped, visibility):
 
 def fidelity_loss(output, processed):
     return F.l1_loss(output, processed)
+
+
+def log_fidelity_loss(output, processed, eps: float):
+    """log10(MSE(O_t, P_t) + eps) per clip, averaged over the batch: -PSNR/10, the scale the evaluation reports
+    fidelity in (PSNR is averaged over frames, so a dB is worth the same on every frame). eps caps the PSNR this
+    term asks for at -10·log10(eps) dB and keeps its gradient finite where O_t = P_t."""
+    mse = (output - processed).pow(2).flatten(1).mean(1)
+    return torch.log10(mse + eps).mean()
+
+
+def relative_temporal_loss(output, warped_prev, processed, warped_processed, visibility, eps: float = 1e-6):
+    """The squared warping error of O_t relative to that of the processed frames, per clip, over visible pixels:
+    sum V (O_t - warp(O_{t-1}, F*))^2 / sum V (P_t - warp(P_{t-1}, F*))^2, averaged over the batch. 1 - its mean is
+    the relative reduction D_t the evaluation reports (TDMS Table 1), so this and log_fidelity_loss weigh the two
+    axes of the evaluation's trade-off as it measures them. The denominator is a constant (no gradient)."""
+    num = (visibility * (output - warped_prev).pow(2)).flatten(1).sum(1)
+    den = (visibility * (processed - warped_processed).pow(2)).flatten(1).sum(1)
+    return (num / (den.detach() + eps * visibility.flatten(1).sum(1) + 1e-12)).mean()
 
 
 def flow_loss(pred_flow, target_flow):

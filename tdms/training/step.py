@@ -3,7 +3,8 @@
 The terms (TDMS-Net, ACM MM 2020, and Lai et al., ECCV 2018), with F* = flow(I_t -> I_{t-1}) from a frozen flow
 network and the visibility V = exp(-alpha (sum_c (I_t - warp(I_{t-1}, F*)))^2):
 temporal L1(O_t V, warp(O_{t-1}, F*) V), perceptual (VGG16 relu4_3), fidelity L1(O_t, P_t), flow L1(F_t, F*),
-mask L1(M_t, V), flow cycle, and Lai et al.'s long-term term (warp towards frame 0).
+mask L1(M_t, V), flow cycle, and Lai et al.'s long-term term (warp towards frame 0); and our log_fidelity
+(-PSNR/10) and relative_temporal (E(O)/E(P)), the evaluation's two axes (training/losses.py).
 """
 
 from contextlib import nullcontext
@@ -45,7 +46,7 @@ class Aux:
 def step_losses(out: dict, f: dict, w, aux: Aux, long=None) -> dict:
     """Unweighted loss terms of one recurrence step, only those with a non-zero weight that apply to the model.
 
-    f: i_prev, i_t, o_prev, o_first, p_t (B,3,H,W), f_star (B,2,H,W), vis (B,1,H,W); long: (F*_{t->0}, V_0).
+    f: i_prev, i_t, o_prev, o_first, p_prev, p_t (B,3,H,W), f_star (B,2,H,W), vis (B,1,H,W); long: (F*_{t->0}, V_0).
     The flow and mask terms need TDMS-Net's heads and are skipped for models without them (Lai et al.'s).
     """
     o_t = out["output"]
@@ -54,6 +55,13 @@ def step_losses(out: dict, f: dict, w, aux: Aux, long=None) -> dict:
         terms["temporal"] = L.temporal_loss(o_t, L.warp_target(f["o_prev"], f["f_star"]), f["vis"])
     if w.fidelity > 0:
         terms["fidelity"] = L.fidelity_loss(o_t, f["p_t"])
+    if w.log_fidelity > 0:
+        terms["log_fidelity"] = L.log_fidelity_loss(o_t, f["p_t"], w.log_fidelity_eps)
+    if w.relative_temporal > 0:
+        warped_p = L.warp_target(f["p_prev"], f["f_star"])
+        ratio = L.relative_temporal_loss(o_t, L.warp_target(f["o_prev"], f["f_star"]), f["p_t"], warped_p, f["vis"])
+        target = w.relative_temporal_target
+        terms["relative_temporal"] = (ratio - target).clamp(min=0) if target > 0 else ratio
     if w.flow > 0 and "flow" in out:
         terms["flow"] = L.flow_loss(out["flow"], f["f_star"])
     if w.mask > 0 and "mask" in out:
@@ -104,7 +112,7 @@ def clip_losses(model, batch: dict, cfg: Config, aux: Aux | None = None) -> tupl
                 state = out.pop("state", None)
                 out = {k: v.float() for k, v in out.items()}  # losses in fp32 (a no-op without amp)
                 frames = {"i_prev": i_prev, "i_t": i_t, "o_prev": o_prev, "o_first": o_first, "p_t": p_t,
-                          "f_star": f_star, "vis": vis}
+                          "p_prev": ps[:, t - 1], "f_star": f_star, "vis": vis}
                 terms = step_losses(out, frames, w, aux, long)
             weighted = {name: getattr(w, name) * value for name, value in terms.items()}
             loss = sum(weighted.values())

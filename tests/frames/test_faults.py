@@ -6,12 +6,12 @@ import os
 import threading
 import time
 
-import cv2
+import av
 import numpy as np
 import pytest
 
 from tdms.errors import UserError
-from tdms.frames import io, writers
+from tdms.frames import io, video, writers
 from tdms.frames.io import FrameSource, prefetch
 from tdms.frames.writers import FrameWriter, write_frame
 
@@ -23,7 +23,12 @@ def test_a_truncated_video_is_one_line_without_decoder_noise(tmp_path, capfd):
             w.write(rng.random((48, 64, 3)).astype(np.float32))
     data = (tmp_path / "good.mp4").read_bytes()
     capfd.readouterr()
-    for name, cut in (("half.mp4", data[: len(data) // 2]), ("tail.mp4", data[:-200]), ("empty.mp4", b"")):
+    # the index is at the front (faststart): a cut file still opens, and says how much of it decodes
+    for name, cut in (("half.mp4", data[: len(data) // 2]), ("tail.mp4", data[:-200])):
+        (tmp_path / name).write_bytes(cut)
+        with pytest.raises(UserError, match=rf"{name}: truncated or damaged: [1-9] frames of the 10 its header lists"):
+            FrameSource(tmp_path / name)
+    for name, cut in (("head.mp4", data[:100]), ("empty.mp4", b""), ("text.mp4", b"not a video")):
         (tmp_path / name).write_bytes(cut)
         with pytest.raises(UserError, match=rf"{name}: cannot read video \(0 frames decoded: truncated, damaged"):
             FrameSource(tmp_path / name)
@@ -32,24 +37,12 @@ def test_a_truncated_video_is_one_line_without_decoder_noise(tmp_path, capfd):
 
 
 def test_a_video_that_does_not_read_back_whole_is_removed(tmp_path, monkeypatch):
-    real = cv2.VideoWriter
+    def refuses(self, rgb):  # the encoder saying it could not take a frame
+        raise av.error.ArgumentError(errno.EINVAL, "Invalid argument")
 
-    class Refuses:  # OpenCV 5's encoder saying it could not take a frame
-        def __init__(self, *args):
-            self.video = real(*args)
-
-        def isOpened(self):
-            return True
-
-        def write(self, img):
-            return False
-
-        def release(self):
-            self.video.release()
-
-    monkeypatch.setattr(cv2, "VideoWriter", Refuses)
+    monkeypatch.setattr(video.VideoEncoder, "write", refuses)
     w = FrameWriter(tmp_path / "o.mp4")
-    with pytest.raises(UserError, match=r"o.mp4: the video encoder failed \(the encoder refused frame 0\)"):
+    with pytest.raises(UserError, match=r"o.mp4: the video encoder failed \(the encoder refused frame 0: Invalid"):
         w.write(np.zeros((8, 8, 3), np.float32))
     assert list(tmp_path.iterdir()) == []
 
@@ -57,7 +50,8 @@ def test_a_video_that_does_not_read_back_whole_is_removed(tmp_path, monkeypatch)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(writers, "write_bytes_atomic", full)  # the disk is full: the space probe fails too
-    with pytest.raises(UserError, match=r"^no space left on device: .*o.mp4 \(the encoder refused frame 0; the "):
+    with pytest.raises(UserError, match=r"^no space left on device: .*o.mp4 \(the encoder refused frame 0: Invalid "
+                                        r"argument; the "):
         FrameWriter(tmp_path / "o.mp4").write(np.zeros((8, 8, 3), np.float32))
     with pytest.raises(UserError, match=r"^no space left on device: .*a.png; free some space or write elsewhere$"):
         write_frame(tmp_path / "a.png", np.zeros((8, 8, 3), np.float32))

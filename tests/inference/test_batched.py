@@ -68,8 +68,9 @@ def test_slots_are_refilled_in_order():
         videos.append(Video(f"v{k}", (6, 10), list(zip(frames, frames, strict=True))))
     steps = list(stacked_steps(videos, batch=2))
     # v1 ends after one frame; v2 takes its slot at step 1 and runs beside v0 to the end
-    assert [keys for keys, _, _ in steps] == [[0, 1], [0, 2], [0, 2]]
-    keys, i_t, p_t = steps[1]
+    assert [keys for keys, *_ in steps] == [[0, 1], [0, 2], [0, 2]]
+    assert [fresh for *_, fresh in steps] == [[True, True], [False, True], [False, False]]  # each video's frame 0
+    keys, i_t, p_t, _ = steps[1]
     assert i_t.shape == (2, 3, 8, 12)  # padded to multiples of 4
     assert torch.allclose(i_t[:, 0, 0, 0], torch.tensor([0.1, 2.0]))  # v0 frame 1, v2 frame 0
     assert torch.equal(i_t, p_t)

@@ -1,0 +1,147 @@
+"""The prepacked CPU path of the layers (nets/layers.py): oneDNN convolutions on weights reordered once into its
+blocked layout, with the leaky ReLU or a residual sum fused in, and reflection padding without a padded copy.
+
+A layer takes it after `prepack(net)` (inference/fast.py applies it to its own copy of a network), with grad off,
+on channels_last fp32, or bf16 where the CPU computes it natively (AVX512-BF16/AMX); anything else takes the
+plain ops. tests/nets/test_prepacked.py holds it to them.
+"""
+
+import torch
+import torch.nn as nn
+
+from tdms.devices import native_bf16
+
+SLOPE = 0.2  # the network's leaky ReLU
+
+
+def can_prepack(dtype: torch.dtype) -> bool:
+    """Whether this CPU runs oneDNN's prepacked, fused convolutions in `dtype`: torch built with mkldnn and its
+    fusion ops, and fp32, or bf16 on a CPU with AVX512-BF16 or AMX (elsewhere oneDNN emulates bf16, or fails)."""
+    ops = torch.ops.mkldnn
+    if not torch.backends.mkldnn.is_available() or not all(
+            hasattr(ops, op) for op in ("_convolution_pointwise", "_reorder_convolution_weight",
+                                        "_convolution_transpose_pointwise", "_reorder_convolution_transpose_weight")):
+        return False
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and native_bf16(torch.device("cpu")))
+
+
+def prepack(net: nn.Module) -> nn.Module:
+    """Let `net`'s layers take the prepacked CPU path from now on. The packs are made on first use and kept: only
+    for a network whose weights no longer change (an inference copy). Returns net."""
+    for m in net.modules():
+        if hasattr(m, "packs"):
+            m.packs = {}
+    return net
+
+
+def fast(layer: nn.Module, parts, weight: torch.Tensor) -> bool:
+    """Whether `layer` takes the prepacked path for these input parts."""
+    x = parts[0]
+    return (layer.packs is not None and not torch.is_grad_enabled() and x.device.type == "cpu" and x.dim() == 4
+            and weight.dtype in (torch.float32, torch.bfloat16) and not getattr(layer, "apply_norm", False)
+            and not torch.is_autocast_enabled("cpu")
+            and all(p.dtype == weight.dtype and p.is_contiguous(memory_format=torch.channels_last) for p in parts))
+
+
+def derived(packs: dict, name: str, dtype: torch.dtype, make):
+    """make(), made once per weight dtype and kept in `packs` (weights combined for the fast path)."""
+    if (name, dtype) not in packs:
+        packs[name, dtype] = make()
+    return packs[name, dtype]
+
+
+def packed(packs: dict, name: str, weight: torch.Tensor, size, padding=(0, 0), stride=(1, 1), output_padding=None):
+    """oneDNN's reordered copy of `weight` (a conv's, or with output_padding a transposed conv's) for inputs of
+    `size`, made once and kept in `packs` under `name` (a new input size makes a new one)."""
+    key = (name, tuple(size), weight.dtype)
+    if key not in packs:
+        ops, dilation = torch.ops.mkldnn, [1, 1]
+        if output_padding is None:
+            packs[key] = ops._reorder_convolution_weight(weight, list(padding), list(stride), dilation, 1, list(size))
+        else:
+            packs[key] = ops._reorder_convolution_transpose_weight(weight, list(padding), list(output_padding),
+                                                                   list(stride), dilation, 1, list(size))
+    return packs[key]
+
+
+def source(q: int, n: int, pad: int, mode: str) -> int:
+    """The index in a length-n axis that index q of the axis padded by `pad` each side copies, as F.pad does."""
+    i = q - pad
+    if mode == "replicate":
+        return min(max(i, 0), n - 1)
+    return -i if i < 0 else 2 * (n - 1) - i if i > n - 1 else i
+
+
+def edges(n: int, k: int, stride: int, pad: int) -> list[tuple[int, int]]:
+    """The ranges of output indices of a k-tap, `stride` conv of a length-n axis padded by `pad` that read the
+    padding: output i reads padded indices i·stride .. i·stride + k - 1."""
+    if pad == 0:
+        return []
+    out_n = (n + 2 * pad - k) // stride + 1
+    top = min(out_n, -(-pad // stride))
+    bottom = max(top, (n - k + pad) // stride + 1)
+    return [r for r in ((0, top), (bottom, out_n)) if r[1] > r[0]]
+
+
+def padded(parts, rows: int, cols: int) -> torch.Tensor:
+    """The channel concatenation of `parts` reflection-padded by `rows` above and below and `cols` left and right,
+    as F.pad computes it: one copy of the parts into a new channels_last tensor. For strided convs: oneDNN (3.x,
+    bf16) computes a strided conv of a strip a few pixels wide wrongly, so padded_conv's border strips are not used
+    there. Not kept from call to call: three such buffers (133 MB each at 1920×1080 in bf16) held for the whole run
+    sat between the activations of the first frame in the heap, and with freed memory kept mapped
+    (devices.keep_freed_memory) a temporary is served from memory already mapped anyway."""
+    n, _, h, w = parts[0].shape
+    shape = (n, sum(p.shape[1] for p in parts), h + 2 * rows, w + 2 * cols)
+    buf = torch.empty(shape, dtype=parts[0].dtype, memory_format=torch.channels_last)
+    c = 0
+    for p in parts:
+        buf[:, c:c + p.shape[1], rows:rows + h, cols:cols + w] = p
+        c += p.shape[1]
+    for i in range(rows):  # padded row rows-1-i is source row i+1; then the columns, over whole rows
+        buf[:, :, rows - 1 - i] = buf[:, :, rows + 1 + i]
+        buf[:, :, rows + h + i] = buf[:, :, rows + h - 2 - i]
+    for i in range(cols):
+        buf[..., cols - 1 - i] = buf[..., cols + 1 + i]
+        buf[..., cols + w + i] = buf[..., cols + w - 2 - i]
+    return buf
+
+
+def conv_call(x, weight, bias, pad, stride, act: bool, add=None) -> torch.Tensor:
+    """oneDNN's zero-padded conv(x) + bias on a prepacked weight, then the leaky ReLU (act) or + add, in one call."""
+    ops, pad, stride = torch.ops.mkldnn, list(pad), list(stride)
+    if add is not None:
+        return ops._convolution_pointwise.binary(x, add.contiguous(memory_format=torch.channels_last), weight, bias,
+                                                 pad, stride, [1, 1], 1, "add", 1.0, None, [], None)
+    return ops._convolution_pointwise(x, weight, bias, pad, stride, [1, 1], 1, "leaky_relu" if act else "none",
+                                      [SLOPE] if act else [], "")
+
+
+def padded_conv(packs: dict, x, weight, bias, pad, stride=(1, 1), mode: str = "reflect", act: bool = False,
+                add=None, name: str = "w") -> torch.Tensor:
+    """conv2d(F.pad(x, (pad[1],) * 2 + (pad[0],) * 2, mode), weight, bias, stride), then the leaky ReLU (act) or
+    + add (oneDNN post-ops); x channels_last. No padded copy of x is made: oneDNN runs the conv zero-padded (also
+    ~1.4× faster than its unpadded conv of a padded copy), and the output rows and columns that read the padding
+    are recomputed from thin strips of the padded input and written over. mode "zeros": the zero-padded conv."""
+    (ph, pw), (sh, sw), (kh, kw) = pad, stride, weight.shape[-2:]
+    n, _, h, w = x.shape
+    out = conv_call(x, packed(packs, name, weight, x.shape, pad, stride), bias, pad, stride, act, add)
+    if mode == "zeros":
+        return out
+    key = ("edges", name, h, w)
+    if key not in packs:  # (axis, output range, padded indices the strip takes on that axis and on the other)
+        def index(lo, hi, size, p):
+            return torch.tensor([source(q, size, p, mode) for q in range(lo, hi)])
+        rows, cols = index(0, h + 2 * ph, h, ph), index(0, w + 2 * pw, w, pw)
+        packs[key] = [(2, a, b, index(a * sh, (b - 1) * sh + kh, h, ph), cols) for a, b in edges(h, kh, sh, ph)] + \
+            [(3, a, b, index(a * sw, (b - 1) * sw + kw, w, pw), rows) for a, b in edges(w, kw, sw, pw)]
+    for axis, a, b, along, across in packs[key]:  # rows first; the columns then rewrite the corners, also right
+        strip = x.index_select(axis, along).index_select(5 - axis, across)
+        part = add.narrow(axis, a, b - a) if add is not None else None
+        w_, s_, name_ = weight, stride, name
+        if axis == 3:  # a column strip runs transposed, as a row: oneDNN is ~20× slower on a strip 3 pixels wide
+            strip, w_, s_, name_ = strip.transpose(2, 3), weight.transpose(2, 3), stride[::-1], name + " T"
+            part = part.transpose(2, 3) if part is not None else None
+        strip = strip.contiguous(memory_format=torch.channels_last)
+        y = conv_call(strip, packed(packs, name_, w_, strip.shape, (0, 0), s_), bias, (0, 0), s_, act, part)
+        out.narrow(axis, a, b - a).copy_(y.transpose(2, 3) if axis == 3 else y)
+    return out

@@ -1,0 +1,139 @@
+"""The prepacked CPU path of the layers (nets/prepacked.py) computes what the plain ops compute: fp32 to
+float rounding, bf16 within bf16 rounding; it is taken only where it applies, and falls back cleanly elsewhere."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tdms.devices import native_bf16
+from tdms.inference.fast import Step
+from tdms.nets.layers import (
+    ColumnConvLayer,
+    ConvLayer,
+    ResidualBlock,
+    TransposedConv,
+    UpsampleConvLayer,
+)
+from tdms.nets.prepacked import can_prepack, prepack
+from tdms.nets.tdms_net import TDMSNet
+
+CL = torch.channels_last
+DTYPES = [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
+    not can_prepack(torch.bfloat16), reason="no native bf16 on this CPU"))]
+pytestmark = pytest.mark.skipif(not can_prepack(torch.float32), reason="torch without oneDNN's fusion ops")
+
+LAYERS = {  # name: (layer, channels of each input part, input size)
+    "3x3": (lambda: ConvLayer(16, 24, 3, act=True), (16,), (13, 21)),
+    "3x3 stride 2": (lambda: ConvLayer(16, 24, 3, 2, act=True), (8, 8), (13, 22)),
+    "7x7, two parts": (lambda: ConvLayer(6, 16, 7, act=True), (3, 3), (12, 19)),
+    "columns": (lambda: ColumnConvLayer(16, 3, 7), (8, 8), (11, 17)),
+    "upsample": (lambda: UpsampleConvLayer(32, 8, 3, act=True), (16, 16), (7, 9)),
+    "transposed": (lambda: TransposedConv(16, 8, act=True), (16,), (7, 10)),
+    "residual block": (lambda: ResidualBlock(16, "none", False), (16,), (9, 14)),
+}
+
+
+def inputs(channels, size, dtype, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, c, *size, generator=g).to(dtype).contiguous(memory_format=CL) for c in channels]
+
+
+def reference(layer, parts) -> torch.Tensor:
+    """The plain ops in fp64, NCHW (the layers' tests hold these to the textbook ops)."""
+    plain = layer.double().to(memory_format=torch.contiguous_format)
+    with torch.no_grad():
+        return plain(*(p.double().contiguous() for p in parts))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_prepacked_layer_is_the_plain_layer(name, dtype):
+    make, channels, size = LAYERS[name]
+    torch.manual_seed(0)
+    layer = make()
+    if name == "residual block":  # a block adds x: keep its output in the same range as x
+        for p in layer.parameters():
+            p.data.mul_(0.3)
+    parts = inputs(channels, size, dtype)
+    want = reference(layer, parts).float()
+    fast = prepack(layer.float().to(dtype, memory_format=CL))
+    with torch.inference_mode():
+        got = fast(*parts)
+        again = fast(*parts)  # the kept weights and buffers give the same again
+    assert any(m.packs for m in fast.modules() if hasattr(m, "packs")), "the prepacked path was not taken"
+    assert got.dtype == dtype and got.shape == want.shape and got.is_contiguous(memory_format=CL)
+    assert torch.equal(got, again)
+    # fp32: float rounding; bf16: inputs, weights and output rounded to 8 bits (2^-8 relative each)
+    tol = 1e-5 if dtype == torch.float32 else 0.03
+    torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol * want.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_new_frame_size_makes_new_packs(dtype):
+    """Weights are packed per input size: a second size is computed right, and the first again."""
+    torch.manual_seed(0)
+    layer = UpsampleConvLayer(16, 8, 3, act=True)
+    fast = prepack(UpsampleConvLayer(16, 8, 3, act=True).to(dtype, memory_format=CL))
+    fast.load_state_dict(layer.to(dtype).state_dict())
+    for size in ((6, 8), (9, 5), (6, 8)):
+        (x,) = inputs((16,), size, dtype)
+        want = reference(layer, [x]).float()
+        with torch.inference_mode():
+            got = fast(x)
+        tol = 1e-5 if dtype == torch.float32 else 0.03
+        torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol * want.abs().max().item())
+
+
+def test_falls_back_to_the_plain_ops_where_the_path_does_not_apply():
+    torch.manual_seed(0)
+    layer = prepack(ConvLayer(8, 8, 3, act=True).to(memory_format=CL))
+    x = torch.randn(1, 8, 6, 7).contiguous(memory_format=CL)
+    want = F.leaky_relu(layer.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect")), 0.2)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        assert layer(x).dtype == torch.bfloat16  # autocast's precision, as the plain layer gives
+    out = layer(x.requires_grad_())  # training: grad on
+    out.sum().backward()
+    assert x.grad is not None
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x.detach().contiguous()), want.detach())  # NCHW input
+    assert layer.packs == {}, "none of these may take the prepacked path"
+    with torch.no_grad():  # double: oneDNN has no fp64 convolutions
+        layer.double()(x.detach().double())
+    assert not can_prepack(torch.float64) and not can_prepack(torch.float16)
+    assert can_prepack(torch.bfloat16) == native_bf16(torch.device("cpu"))
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_inference_step_prepacks_its_copy_and_keeps_the_output(dtype):
+    """fast.Step prepacks its own copy of TDMS-Net (the caller's model keeps its plain layers); O_t matches the
+    plain forward: fp32 to 1e-5, bf16 within the inference tolerance (a mean absolute difference ≤ 5e-3)."""
+    if dtype is not None and not can_prepack(dtype):
+        pytest.skip("no native bf16 on this CPU")
+    torch.manual_seed(0)
+    model = TDMSNet().eval()
+    g = torch.Generator().manual_seed(2)
+    frames = [torch.rand(1, 3, 20, 28, generator=g) for _ in range(4)]
+    step = Step(model, dtype, True, "cpu")
+    with torch.inference_mode():
+        want = model(*frames)["output"]
+        got = step(*frames)[0]
+    assert all(getattr(m, "packs", None) is None for m in model.modules())
+    assert all(m.packs for m in step.net.modules() if hasattr(m, "packs"))
+    assert got.dtype == torch.float32
+    if dtype is None:
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    else:
+        assert (got - want).abs().mean() < 5e-3
+
+
+def test_packs_hold_weights_only():
+    """A strided layer's padded copy of its input is a temporary, not kept in its packs for the run (three such
+    buffers at 1920×1080 were 0.4 GB held between the first frame's activations)."""
+    torch.manual_seed(0)
+    layer = prepack(ConvLayer(16, 24, 3, 2, act=True).to(memory_format=CL))
+    parts = inputs((8, 8), (40, 60), torch.float32)
+    with torch.inference_mode():
+        layer(*parts)
+    assert layer.packs, "the prepacked path was not taken"
+    held = [v for v in layer.packs.values() if isinstance(v, torch.Tensor) and v.numel() >= 16 * 40 * 60]
+    assert not held, [tuple(v.shape) for v in held]
