@@ -67,15 +67,13 @@ def train(cfg: Config, resume: bool = False, init_weights: str = "") -> Path:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
         write_run_record(out, sha, device, step, world)
+    tb = SummaryWriter(out / "tb") if world.main else None
     validator = None
     if cfg.train.val_every and world.main:  # the validation data is checked before any training step
-        validator = Validator(cfg, out, None, best_of(ckpt) if ckpt else None, step)
+        validator = Validator(cfg, out, tb, best_of(ckpt) if ckpt else None, step)
     loader = make_loader(ds, step, cfg, world, device)
     forward = wrap(model, cfg, world, device, aux)
-    tb = SummaryWriter(out / "tb") if world.main else None
     log = LossLog(world, device, tb)
-    if validator:
-        validator.tb = tb
     model.train()
 
     bar = tqdm(total=cfg.train.steps, initial=step, desc="train", unit="step", disable=not world.main)

@@ -21,9 +21,10 @@ import torch
 
 from tdms.config import Config
 from tdms.errors import UserError
-from tdms.evaluation.metrics import psnr, relative_reduction, warping_error_pair
+from tdms.evaluation.metrics import relative_reduction
 from tdms.evaluation.plots import new_axes, save_png
 from tdms.evaluation.tradeoff import as_written, curve_of, mean_point
+from tdms.evaluation.video import means, metric_names, score_frames
 from tdms.files import json_safe, save_atomic, write_bytes_atomic
 from tdms.flow import build_flow
 from tdms.flow.cache import pair_flows
@@ -103,13 +104,16 @@ class Validator:
     def __init__(self, cfg: Config, out: Path, tb, best: dict | None, step: int):
         self.videos = load_validation(cfg)
         self.out, self.tb, self.best, self.dtype = out, tb, best, cfg.train.val_dtype
-        restart_log(out, step)
+        self.lines = read_log(out, step)
+        if (out / LOG).is_file():
+            write_log(out, self.lines)
 
     def __call__(self, model, step: int, state, bar) -> None:
         """Validate `model` at `step`; state(best) is the training state to save as best.pth when it is the best."""
         result = validate(model, self.videos, self.dtype)
-        lines = append_log(self.out, step, result)
-        chart(lines, self.out / CHART)
+        self.lines.append(json_safe({"step": step, **result}))
+        write_log(self.out, self.lines)
+        chart(self.lines, self.out / CHART)
         if self.tb is not None:
             log_tensorboard(self.tb, step, result)
         new = better(result, self.best)
@@ -120,19 +124,15 @@ class Validator:
 
 
 def score_video(model, video: ValVideo, amp: str) -> dict:
-    """Run the network over one validation video as tdms-test does and score it like the curve's blends."""
+    """Run the network over one validation video as tdms-test does and score it as tdms-evaluate does (the frames
+    as written: clipped, 8 bits), with the flows computed when training started."""
     method = make_method("tdms", model=model, amp=amp)
-    errors, psnrs, prev = [], [], None
-    for t, o in enumerate(method.frames(zip(video.input, video.processed, strict=True))):
-        o = as_written(o)
-        if prev is not None:
-            fw, _, occ = video.pairs[t - 1]
-            errors.append(warping_error_pair(o, prev, fw, occ))
-            psnrs.append(psnr(o, video.processed[t]))
-        prev = o
-    e = fmean(errors)
-    d_t = relative_reduction(e, video.curve["warping_error_processed"])
-    return {"warping_error": e, "relative_reduction": d_t, "psnr": fmean(psnrs)}
+    outputs = method.frames(zip(video.input, video.processed, strict=True))
+    steps = ((as_written(o), p, None if t == 0 else video.pairs[t - 1][::2])  # (fw, occ) of the pair (t-1, t)
+             for t, (o, p) in enumerate(zip(outputs, video.processed, strict=True)))
+    row = means(score_frames(steps, metric_names(True, False, None), progress=False)[0])
+    row["relative_reduction"] = relative_reduction(row["warping_error"], video.curve["warping_error_processed"])
+    return row
 
 
 @torch.no_grad()
@@ -188,29 +188,19 @@ def log_tensorboard(tb, step: int, result: dict) -> None:
                 tb.add_scalar(f"{scope}/{key}", value, step)
 
 
-def append_log(out: Path, step: int, result: dict) -> list[dict]:
-    """Add one line {"step", "overall", "tasks", "videos"} to <out>/val.jsonl (rewritten whole, atomically);
-    returns every line."""
-    lines = read_log(out) + [json_safe({"step": step, **result})]
-    write_bytes_atomic(out / LOG, "".join(json.dumps(line) + "\n" for line in lines).encode())
-    return lines
-
-
-def read_log(out: Path, upto: int | None = None) -> list[dict]:
-    """The lines of <out>/val.jsonl, those of steps <= upto only when given (a resumed run drops the lines that
-    its checkpoint's step had not reached: they are measured again)."""
+def read_log(out: Path, upto: int) -> list[dict]:
+    """The lines of <out>/val.jsonl of steps <= upto (a resumed run drops the lines that its checkpoint's step had
+    not reached: they are measured again)."""
     path = out / LOG
     if not path.is_file():
         return []
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [line for line in lines if upto is None or line["step"] <= upto]
+    return [line for line in lines if line["step"] <= upto]
 
 
-def restart_log(out: Path, step: int) -> None:
-    """On resume: keep only the lines of steps <= step."""
-    if (out / LOG).is_file():
-        kept = read_log(out, step)
-        write_bytes_atomic(out / LOG, "".join(json.dumps(line) + "\n" for line in kept).encode())
+def write_log(out: Path, lines: list[dict]) -> None:
+    """<out>/val.jsonl, one line {"step", "overall", "tasks", "videos"} a validation, rewritten whole atomically."""
+    write_bytes_atomic(out / LOG, "".join(json.dumps(line) + "\n" for line in lines).encode())
 
 
 def chart(lines: list[dict], out_png: Path) -> None:
