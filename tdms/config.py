@@ -77,7 +77,8 @@ class LossConfig:
     # L1(flow(I_{t-1}->I_t), flow(O_{t-1}->O_t)); needs flownet2/raft; the original's weight 1 in paper_tdms
     flow_cycle: float = 0.0
     mask: float = 1.0
-    mask_target: str = "flow_star"  # flow_star: V of F* (the paper); own_flow: V of the net's own flow (detached)
+    mask_target: str = "flow_star"  # flow_star: V of F* (the paper); own_flow: V of the net's own flow (detached);
+    # occlusion: 1 - the forward-backward occlusion of F* (Ruder et al.), the pixels the warping error counts
     mask_scale: float = 1.0  # κ: the mask target is κ·V (the paper: 1); below 1 it sets how much of O_{t-1} is kept
     mask_norm: str = "l1"  # l1 (the paper; learns the median of κ·V) | l2 (learns its mean: occlusion-aware)
     mask_balance: float = 0.0  # > 0: pixels with V below it count as occluded and weigh as much as the rest (0 = off)

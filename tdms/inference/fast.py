@@ -4,7 +4,7 @@
     o_t, state = step(i_prev, i_t, o_prev, p_t, state)   # (B,3,H,W) on the device, H, W multiples of 4
 
 O_t comes back in fp32 whatever `amp` is. With bf16/fp16 TDMS-Net's heads (mask, flow, residual) run in a cast copy
-of the network (its two layers that read the frames stay fp32: FRAME_LAYERS) and O_t = M·warp(O_{t-1}, F) +
+of the network (its two layers that read the frames read them unrounded: FRAME_LAYERS) and O_t = M·warp(O_{t-1}, F) +
 (1-M)·P_t + R is composed in fp32 (tdms_net.compose, as in TDMSNet.forward), so the recurrence carries O at full
 precision. (Autocast does the same on CUDA, but on CPU it runs reflection padding in fp32 and casts every layer's
 input twice, which costs more than bf16 saves.) Networks without separate heads (Lai et al.'s) and their `state`
@@ -30,22 +30,34 @@ from tdms.nets.tdms_net import compose
 AMP = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-# TDMS-Net's layers that read the frames (cat(I_{t-1}, I_t), cat(O_{t-1}, P_t)): kept in fp32 in a bf16/fp16 run.
-# With the frames rounded to bf16 (8 bits of mantissa) the recurrence drifted from the fp32 one: over the 40 frames
-# of pencilsketch on real/bikes_0 the outputs were 44.45 dB apart, 64.9 dB with these two layers in fp32 (the three
-# output layers in fp32 changed nothing: 44.45 dB).
+# TDMS-Net's layers that read the frames (cat(I_{t-1}, I_t), cat(O_{t-1}, P_t)): in a bf16/fp16 run they read the
+# frames at about 16 bits of mantissa (SplitFrames). With the frames rounded to bf16 (8 bits of mantissa) the
+# recurrence drifted from the fp32 one: over the 40 frames of pencilsketch on real/bikes_0 the outputs were 44.45 dB
+# apart (the three output layers in fp32 changed nothing: 44.45 dB).
 FRAME_LAYERS = ("conv1a", "conv1b")
 
 
-class InFp32(nn.Module):
-    """`layer` run in fp32 on its input parts cast to fp32; its output cast to `dtype`, the layers' after it."""
+class SplitFrames(nn.Module):
+    """`layer` (a ConvLayer) in `dtype` on fp32 input parts without rounding them to `dtype`: each part x is split
+    into hi = dtype(x) and lo = dtype(x - hi), and one conv of twice the input channels, its weight [W, W], sums
+    W*hi + W*lo = W*x to about 16 bits of mantissa (hi + lo represents x to 2^-16 relative). In fp32 instead these
+    7x7 convs of 6 channels at full resolution took a fifth of a bf16 frame; split, they run at the bf16 rate."""
 
     def __init__(self, layer: nn.Module, dtype: torch.dtype):
         super().__init__()
-        self.layer, self.dtype = layer.float(), dtype
+        conv = layer.conv2d
+        self.layer = copy.deepcopy(layer)
+        self.layer.conv2d = nn.Conv2d(2 * conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride)
+        with torch.no_grad():
+            self.layer.conv2d.weight.copy_(torch.cat([conv.weight, conv.weight], 1))
+            self.layer.conv2d.bias.copy_(conv.bias)
+        self.layer.to(dtype=dtype, memory_format=memory_format(conv.weight))
+        self.dtype = dtype
 
     def forward(self, *parts):
-        return self.layer(*(p.float() for p in parts)).to(self.dtype)
+        hi = [p.to(self.dtype) for p in parts]
+        lo = [(p.float() - h.float()).to(self.dtype) for p, h in zip(parts, hi, strict=True)]
+        return self.layer(*hi, *lo)
 
 
 class Step(nn.Module):
@@ -61,7 +73,7 @@ class Step(nn.Module):
         if self.split:
             for name in FRAME_LAYERS:
                 if hasattr(net, name):
-                    setattr(net, name, InFp32(getattr(net, name), dtype))
+                    setattr(net, name, SplitFrames(getattr(net, name), dtype))
         if device_type == "cpu" and channels_last and can_prepack(dtype if self.split else torch.float32):
             prepack(net)  # the copy's weights are fixed: oneDNN's reordered weights are made once (nets/prepacked.py)
         self.net = net

@@ -86,8 +86,8 @@ def check_settings(cfg: Config):
 
 def check_mask_settings(w):
     """The mask term's settings of cfg.loss, refused by key."""
-    if w.mask_target not in ("flow_star", "own_flow"):
-        raise UserError(f"loss.mask_target must be flow_star or own_flow, got {w.mask_target!r}")
+    if w.mask_target not in ("flow_star", "own_flow", "occlusion"):
+        raise UserError(f"loss.mask_target must be flow_star, own_flow or occlusion, got {w.mask_target!r}")
     if not 0 < w.mask_scale <= 1:
         raise UserError(f"loss.mask_scale must be in (0, 1], got {w.mask_scale}")
     if w.mask_norm not in ("l1", "l2"):

@@ -29,6 +29,7 @@ from tdms import distributed
 from tdms.config import Config
 from tdms.errors import MissingFile, UserError
 from tdms.flow.cache import FlowCache
+from tdms.flow.occlusion import occlusion_mask
 from tdms.frames.io import list_frames, read_frame, size_text
 from tdms.frames.layout import entries, read_list, read_tasks
 
@@ -125,7 +126,7 @@ class ClipDataset(Dataset):
 
     def __init__(self, clips: list[Clip], cache: FlowCache, sample_frames: int, crop: int,
                  scale_min: float = 0.5, scale_max: float = 2.0, augment: bool = True, seed: int = 0,
-                 length: int = 10**9, frame_gap: int = 1):
+                 length: int = 10**9, frame_gap: int = 1, occlusion: bool = False):
         short = [c for c in clips if c.frames < sample_frames]
         if short:
             c = short[0]
@@ -137,6 +138,7 @@ class ClipDataset(Dataset):
         self.scale_min, self.scale_max, self.augment = scale_min, scale_max, augment
         self.seed, self.length = seed, length
         self.frame_gap = frame_gap if augment else 1
+        self.occlusion = occlusion  # samples also hold each target frame's occlusion (loss.mask_target=occlusion)
 
     def gaps(self) -> range:
         """The frame gaps a clip may be drawn with: the flow cache needs their pairs."""
@@ -171,12 +173,15 @@ class ClipDataset(Dataset):
         check_crop(self.crop, self.scale_max, clip.input_dir, (h, w))
         ins, ps = frames[:len(idx)], frames[len(idx):]
         # F*_t = flow(frame t -> frame t-1) in the order the clip is played
-        flows = []
+        flows, occlusions = [], []
         for i in idx[:-1]:
             fw, bw, _ = self.cache.pair(clip.input_dir, i, gap)
-            flows.append((fw if reverse else bw).permute(1, 2, 0).numpy())
+            f_star, other = (fw, bw) if reverse else (bw, fw)
+            flows.append(f_star.permute(1, 2, 0).numpy())
+            if self.occlusion:  # in the frame F* starts from, where the forward-backward test fails (Ruder et al.)
+                occlusions.append(occlusion_mask(f_star[None], other[None])[0].permute(1, 2, 0).numpy())
         if reverse:
-            ins, ps, flows = ins[::-1], ps[::-1], flows[::-1]
+            ins, ps, flows, occlusions = ins[::-1], ps[::-1], flows[::-1], occlusions[::-1]
 
         s = self._scale(rng, h, w)
         nh, nw = max(self.crop, round(h * s)), max(self.crop, round(w * s))
@@ -185,17 +190,20 @@ class ClipDataset(Dataset):
         ratio = np.array([nw / w, nh / h], np.float32)  # per-axis flow rescale
 
         def prep(img, is_flow=False):
-            img = _resize(img, nh, nw) * (ratio if is_flow else 1.0)
+            img = _resize(img, nh, nw).reshape(nh, nw, -1) * (ratio if is_flow else 1.0)  # (cv2 drops C = 1)
             img = img[y:y + self.crop, x:x + self.crop]
             img = _dihedral(img, transpose, hflip, vflip, is_flow)
             return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32))
 
-        return {
+        sample = {
             "input": torch.stack([prep(f) for f in ins]),
             "processed": torch.stack([prep(f) for f in ps]),
             "flow": torch.stack([prep(f, True) for f in flows]),
             "name": f"{clip.task}/{clip.dataset}/{clip.video}@{t0}" + (f"+{gap}" if gap > 1 else ""),
         }
+        if self.occlusion:  # 1 = occluded; resampled masks are cut at ½
+            sample["occlusion"] = (torch.stack([prep(o) for o in occlusions]) > 0.5).float()
+        return sample
 
 
 def build_data(cfg: Config, backend, world: distributed.World) -> ClipDataset:
@@ -216,7 +224,7 @@ so a bad one fails at once, by name.
     smallest = min(sizes, key=lambda video: min(sizes[video]))
     check_crop(d.crop, d.scale_max, smallest, sizes[smallest], "smallest video")
     ds = ClipDataset(clips, cache, d.sample_frames, d.crop, d.scale_min, d.scale_max, d.augment, cfg.train.seed,
-                     frame_gap=d.frame_gap)
+                     frame_gap=d.frame_gap, occlusion=cfg.loss.mask_target == "occlusion")
     videos = distributed.shard(sorted({c.input_dir for c in clips}), world)
     for video in tqdm(videos, desc="flow cache", unit="video", disable=not world.main):
         try:

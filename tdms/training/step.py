@@ -46,7 +46,8 @@ class Aux:
 def step_losses(out: dict, f: dict, w, aux: Aux, long=None) -> dict:
     """Unweighted loss terms of one recurrence step, only those with a non-zero weight that apply to the model.
 
-    f: i_prev, i_t, o_prev, o_first, p_prev, p_t (B,3,H,W), f_star (B,2,H,W), vis (B,1,H,W); long: (F*_{t->0}, V_0).
+    f: i_prev, i_t, o_prev, o_first, p_prev, p_t (B,3,H,W), f_star (B,2,H,W), vis (B,1,H,W), and with
+    loss.mask_target=occlusion visible (B,1,H,W), 1 - the occlusion of frame t; long: (F*_{t->0}, V_0).
     The flow and mask terms need TDMS-Net's heads and are skipped for models without them (Lai et al.'s).
     """
     o_t = out["output"]
@@ -66,7 +67,9 @@ def step_losses(out: dict, f: dict, w, aux: Aux, long=None) -> dict:
         terms["flow"] = L.flow_loss(out["flow"], f["f_star"])
     if w.mask > 0 and "mask" in out:
         target = f["vis"]
-        if w.mask_target == "own_flow":  # where the net's own (detached) flow really aligns the frames
+        if w.mask_target == "occlusion":  # 1 - the forward-backward occlusion: the pixels the warping error counts
+            target = f["visible"]
+        elif w.mask_target == "own_flow":  # where the net's own (detached) flow really aligns the frames
             target = visibility_mask(f["i_t"], warp(f["i_prev"], out["flow"].detach()), w.alpha, w.squared_norm)
         occluded = target < w.mask_balance if w.mask_balance > 0 else None
         terms["mask"] = L.mask_loss(out["mask"], w.mask_scale * target, w.mask_norm, occluded)
@@ -113,6 +116,8 @@ def clip_losses(model, batch: dict, cfg: Config, aux: Aux | None = None) -> tupl
                 out = {k: v.float() for k, v in out.items()}  # losses in fp32 (a no-op without amp)
                 frames = {"i_prev": i_prev, "i_t": i_t, "o_prev": o_prev, "o_first": o_first, "p_t": p_t,
                           "p_prev": ps[:, t - 1], "f_star": f_star, "vis": vis}
+                if "occlusion" in batch:
+                    frames["visible"] = 1 - batch["occlusion"][:, t - 1]
                 terms = step_losses(out, frames, w, aux, long)
             weighted = {name: getattr(w, name) * value for name, value in terms.items()}
             loss = sum(weighted.values())

@@ -86,3 +86,43 @@ def test_missing_video_and_short_processed_are_named(lai_root):
     with pytest.raises(ValueError, match="5 processed frames but 6 input frames"):
         find_clips(lai_root, "train", lai_root / "lists" / "train_tasks.txt")
 
+
+
+class BlobFlow(ShiftFlow):
+    """ShiftFlow with 3 px more to the right on a square of either frame, both ways: the forward-backward test
+    fails there."""
+
+    name = "blob"
+
+    def __call__(self, a, b):
+        out = super().__call__(a, b)
+        out[:, 0, 8:16, 8:16] += 3.0
+        return out
+
+
+@pytest.mark.parametrize("k", range(4))
+def test_occlusion_samples_are_the_forward_backward_test_of_the_clip_s_flows(lai_root, tmp_path, k):
+    """With occlusion=True a sample holds, per pair, the occlusion of the frame F* starts from (occlusion_mask(F*,
+    the other way's flow), Ruder et al.), in play order; unaugmented and cropped to the whole frame it is the cached
+    flows' mask exactly. Without the flag samples have no such key."""
+    from tdms.flow.occlusion import occlusion_mask
+
+    clips = find_clips(lai_root, "train", lai_root / "lists" / "train_tasks.txt")
+    cache = FlowCache(tmp_path / "c", BlobFlow())
+    h, w = cache.source(clips[0].input_dir).size
+    s = ClipDataset(clips, cache, 3, min(h, w), augment=False, occlusion=True, seed=k)[k]
+    assert s["occlusion"].shape == (2, 1, min(h, w), min(h, w))
+    video = next(c.input_dir for c in clips if s["name"].startswith(f"{c.task}/{c.dataset}/{c.video}@"))
+    t0 = int(s["name"].split("@")[1])
+    for j in range(2):
+        fw, bw, _ = cache.pair(video, t0 + j)
+        want = occlusion_mask(bw[None], fw[None])[0]  # frame t0 + j + 1, the one F* = bw starts from
+        y = x = 0
+        if h != w:  # the crop's offset along the long side: find it
+            y, x = next((y, x) for y in range(h - min(h, w) + 1) for x in range(w - min(h, w) + 1)
+                        if torch.equal(s["flow"][j], bw[:, y:y + min(h, w), x:x + min(h, w)]))
+        assert torch.equal(s["occlusion"][j], want[:, y:y + min(h, w), x:x + min(h, w)])
+        assert s["occlusion"][j].sum() > 0  # the square (at least)
+    assert "occlusion" not in ClipDataset(clips, cache, 3, min(h, w), augment=False, seed=k)[k]
+    moved = ClipDataset(clips, cache, 3, 24, 0.8, 1.3, True, seed=k, occlusion=True)[k]
+    assert moved["occlusion"].shape == (2, 1, 24, 24) and set(moved["occlusion"].unique().tolist()) <= {0.0, 1.0}

@@ -1,0 +1,144 @@
+"""Where a blend can sit above the naive curve: a network's mask against two rules that need no training.
+
+    python scripts/blend_rules.py --data data --phase val [--checkpoint checkpoints/tdms_offline.pth]
+
+For every video of a phase (lists/<phase>_tasks.txt × lists/<dataset>_<phase>.txt) it runs, with the flows of the
+DIS flow cache (the ones tdms-evaluate reads), O_0 = P_0 and
+
+    naive curve      O_t = (1 - a) P_t + a W_t,  W_t = warp(O_{t-1}, F_t),  a = 0.1 .. 0.9
+    occlusion        the same with a·(1 - occ_t): occ_t = 1 where the forward-backward test of F_t fails (Ruder et
+                     al., as the warping error masks its pixels), so no pixel the metric ignores pays fidelity
+    occlusion+frame  a·(1 - occ_t)·s_t with s_t = min(1, e_t / mean(e_1..e_t)), e_t the mean of (P_t - W_t)^2 over
+                     visible pixels: a frame whose processed image already agrees with the past is smoothed less
+    network          the checkpoint's own mask, flow and residual (fp32), and the same with its mask times
+                     (1 - occ_t), times s_t, and times both
+
+and prints each one's D_t, PSNR and margin above the naive curve (tdms.evaluation.tradeoff: the mean curve of the
+videos, at the mean D_t; and the mean of the per-video margins). Why these: with both metrics mean squares of the
+same difference d = P_t - W_t, O = P - a·d costs a²·d² in fidelity and buys (1 - a)²·d² of consistency at every
+pixel alike, so a per-pixel a gains nothing where the warping error counts the pixel; where it does not (occlusion)
+a = 0 is free, and PSNR is averaged over frames in dB, so an a that differs between frames can gain.
+Slow on big splits (a network forward per frame per network variant): the builder's val split takes minutes.
+"""
+
+import argparse
+import functools
+from pathlib import Path
+from statistics import fmean
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from tdms.evaluation.metrics import psnr, relative_reduction, warping_error_pair
+from tdms.evaluation.tradeoff import as_written, curve_of, margin, mean_curve
+from tdms.flow.cache import FlowCache
+from tdms.flow.dis import DISFlow
+from tdms.flow.occlusion import occlusion_mask
+from tdms.flow.warp import warp
+from tdms.frames.io import FrameSource
+from tdms.frames.layout import entries, tasks_file
+from tdms.inference.recurrence import pad_to
+from tdms.nets.build import load_model
+from tdms.nets.tdms_net import compose
+
+NETWORK = ("network", "network×(1-occ)", "network×s", "network×(1-occ)×s")
+
+
+def tensor(frame: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(frame, dtype=np.float32)).permute(2, 0, 1)[None]
+
+
+def frame(x: torch.Tensor) -> np.ndarray:
+    return x[0].permute(1, 2, 0).numpy()
+
+
+class FrameFactor:
+    """s_t = min(1, e_t / mean(e_1..e_t)) over one video, e_t the visible pixels' mean of (P_t - W_t)^2."""
+
+    def __init__(self):
+        self.energies = []
+
+    def __call__(self, p_t, warped, visible) -> float:
+        e = float((((p_t - warped) ** 2).mean(1, keepdim=True) * visible).sum() / visible.sum().clamp(min=1))
+        self.energies.append(e)
+        mean = fmean(self.energies)
+        return min(1.0, e / mean) if mean > 0 else 1.0
+
+
+def blend(i_frames, p_frames, pair, variant: str, a: float = 0.0, model=None) -> list[np.ndarray]:
+    """O of one video by a rule ("occlusion", "occlusion+frame") or a network variant (NETWORK), as written."""
+    factor, outs, o_prev = FrameFactor(), [], None
+    h, w = i_frames[0].shape[:2]
+    for t, p in enumerate(p_frames):
+        p_t = tensor(p)
+        if o_prev is None:
+            o_t = p_t
+        else:
+            fw, bw, _ = pair(t - 1)  # fw = flow(t-1 -> t), bw = F_t = flow(t -> t-1)
+            visible = 1 - occlusion_mask(bw[None], fw[None])  # in frame t
+            if model is None:
+                warped = warp(o_prev, bw[None])
+                m = a * visible * (factor(p_t, warped, visible) if variant == "occlusion+frame" else 1.0)
+                o_t = m * warped + (1 - m) * p_t
+            else:
+                xs = [pad_to(x)[0] for x in (tensor(i_frames[t - 1]), tensor(i_frames[t]), o_prev, p_t)]
+                with torch.inference_mode():
+                    heads = model.heads(*xs, prior=pad_to(bw[None])[0] if model.flow_prior else None)
+                mask, flow, residual = (x[..., :h, :w] for x in heads)
+                if "occ" in variant:
+                    mask = mask * visible
+                if variant.endswith("s"):
+                    mask = mask * factor(p_t, warp(o_prev, flow), visible)
+                o_t = compose(mask, flow, residual, o_prev, p_t, model.residual_gate)[0]
+        outs.append(as_written(frame(o_t)))
+        o_prev = o_t
+    return outs
+
+
+def point(outs, p_frames, pair) -> tuple[float, float]:
+    """(D_t, PSNR) as tdms-evaluate scores them (pairs and frames 1..N-1)."""
+    e, e_p, values = [], [], []
+    for t in range(1, len(p_frames)):
+        fw, _, occ = pair(t - 1)
+        e.append(warping_error_pair(outs[t], outs[t - 1], fw, occ))
+        e_p.append(warping_error_pair(p_frames[t], p_frames[t - 1], fw, occ))
+        values.append(psnr(outs[t], p_frames[t]))
+    return relative_reduction(fmean(e), fmean(e_p)), fmean(values)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", type=Path, required=True, help="a Lai et al. layout (tdms-build-data's)")
+    p.add_argument("--phase", default="val")
+    p.add_argument("--checkpoint", default="", help="also score this network (default: the rules only)")
+    p.add_argument("--alphas", type=float, nargs="+", default=[0.5, 0.6, 0.7])
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    model = load_model(args.checkpoint).eval() if args.checkpoint else None
+    cache = FlowCache(args.data / "cache" / "flow", DISFlow("medium"))
+    runs = {f"{rule} a={a:g}": (rule, a) for rule in ("occlusion", "occlusion+frame") for a in args.alphas}
+    runs |= {name: (name, 0.0) for name in (NETWORK if model is not None else ())}
+    points, curves = {name: [] for name in runs}, []
+    for entry in tqdm(entries(args.data, args.phase, tasks_file(args.data, args.phase)), desc="videos"):
+        i_frames, p_frames = list(FrameSource(entry.input)), list(FrameSource(entry.processed))
+        pair = functools.lru_cache(maxsize=None)(lambda t, v=entry.input: cache.pair(v, t))
+        curve = curve_of(i_frames, p_frames, pair, len(i_frames))
+        curves.append(curve)
+        for name, (variant, a) in runs.items():
+            outs = blend(i_frames, p_frames, pair, variant, a, model if variant in NETWORK else None)
+            points[name].append((*point(outs, p_frames, pair), curve))
+    curve = mean_curve(curves)
+    print(f"{len(curves)} videos of {args.data} ({args.phase}); naive curve D_t / PSNR: " +
+          ", ".join(f"{d:.3f}/{v:.2f}" for d, v in zip(curve["relative_reduction"], curve["psnr"], strict=True)))
+    for name, pts in points.items():
+        d_t, value = fmean(x[0] for x in pts), fmean(x[1] for x in pts)
+        at_mean, note = margin(d_t, value, curve)
+        per_video = [m for m in (margin(*x)[0] for x in pts) if m is not None]
+        shown = f"{at_mean:+.2f} dB" if at_mean is not None else note
+        print(f"  {name:22s} D_t {d_t:.3f}  PSNR {value:6.2f}  margin {shown}  "
+              f"(mean of {len(per_video)} per-video margins {fmean(per_video):+.2f} dB)")
+
+
+if __name__ == "__main__":
+    main()
