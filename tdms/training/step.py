@@ -68,6 +68,9 @@ def step_losses(out: dict, f: dict, w, aux: Aux, long=None) -> dict:
     if w.mask > 0 and "mask" in out:
         target = f["vis"]
         if w.mask_target == "occlusion":  # 1 - the forward-backward occlusion: the pixels the warping error counts
+            if "visible" not in f:
+                raise UserError("loss.mask_target=occlusion needs each sample's occlusion (ClipDataset(..., "
+                                "occlusion=True), as tdms-train builds it); this batch has none")
             target = f["visible"]
         elif w.mask_target == "own_flow":  # where the net's own (detached) flow really aligns the frames
             target = visibility_mask(f["i_t"], warp(f["i_prev"], out["flow"].detach()), w.alpha, w.squared_norm)

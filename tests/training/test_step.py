@@ -111,6 +111,8 @@ def test_mask_target_own_flow_uses_the_nets_flow(lai_root, tmp_path):
     visible = (torch.rand(1, 1, 16, 16) < 0.7).float()
     got = step_losses(out, frames | {"visible": visible}, cfg.loss, None)["mask"]
     assert torch.allclose(got, (out["mask"] - visible).abs().mean())
+    with pytest.raises(ValueError, match="needs each sample's occlusion"):
+        step_losses(out, frames, cfg.loss, None)
     cfg.loss.mask_target = "nope"
     batch = {"input": torch.rand(1, 3, 3, 16, 16), "processed": torch.rand(1, 3, 3, 16, 16),
              "flow": torch.zeros(1, 2, 2, 16, 16), "name": "x"}
