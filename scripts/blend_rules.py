@@ -116,6 +116,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     model = load_model(args.checkpoint).eval() if args.checkpoint else None
+    if model is not None and not hasattr(model, "heads"):
+        p.error(f"{args.checkpoint}: not a TDMS-Net checkpoint (its mask, flow and residual heads are what is scored)")
     cache = FlowCache(args.data / "cache" / "flow", DISFlow("medium"))
     runs = {f"{rule} a={a:g}": (rule, a) for rule in ("occlusion", "occlusion+frame") for a in args.alphas}
     runs |= {name: (name, 0.0) for name in (NETWORK if model is not None else ())}
