@@ -48,7 +48,7 @@ def conv_macs(model, xs) -> dict[str, float]:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default="", help="default: random init of the default network (the same cost)")
-    p.add_argument("--dtype", choices=list(AMP), default="bf16")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="bf16", help="CPU precisions")
     p.add_argument("--size", type=size, default=(480, 854), help="WIDTHxHEIGHT")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
