@@ -17,22 +17,12 @@ import tempfile
 from pathlib import Path
 
 import torch
+from kernels import size
 from measure import run
 
 from tdms.devices import pick_device
 from tdms.evaluation.plots import grouped_bars
 from tdms.inference.fast import AMP
-
-
-def size(text: str) -> tuple[int, int]:
-    """'854x480' (width x height) -> (480, 854)."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT like 854x480, got {text!r}") from None
-    if min(w, h) < 16:
-        raise argparse.ArgumentTypeError(f"frames must be at least 16×16, got {text!r}")
-    return h, w
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,7 +1,9 @@
 """What one layer or one kernel costs on this machine: conv MACs of the network, the matmul and 128-channel conv
 rates it is held against, the narrow output layers by both routes, and the device's clocks and memory."""
 
+import argparse
 import copy
+import functools
 import resource
 import time
 from pathlib import Path
@@ -17,31 +19,47 @@ from tdms.inference.fast import AMP
 from tdms.nets.layers import ColumnConvLayer, ConvLayer, UpsampleConvLayer
 
 
+def size(text: str) -> tuple[int, int]:
+    """'854x480' (width x height) -> (480, 854): the scripts' frame-size argument."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT like 854x480, got {text!r}") from None
+    if min(w, h) < 16:
+        raise argparse.ArgumentTypeError(f"frames must be at least 16×16, got {text!r}")
+    return h, w
+
+
 def conv_macs(model: nn.Module, h: int, w: int) -> int:
     """Multiply-accumulates of one forward at (h, w), from the conv layers' output shapes (on the meta device)."""
-    total = 0
+    return sum(conv_macs_by_layer(model, h, w).values())
 
-    def hook(mod, inp, out):
-        nonlocal total
+
+def conv_macs_by_layer(model: nn.Module, h: int, w: int) -> dict[str, int]:
+    """conv_macs per top-level layer of `model` (its named children), those with convolutions."""
+    macs: dict[str, int] = {}
+
+    def hook(name, mod, inp, out):
         if isinstance(mod, UpsampleConvLayer):  # 4 phases × 2×2 taps on the input padded by 1 (its conv2d idles)
             c = mod.conv2d
-            total += (inp[0].shape[2] + 1) * (inp[0].shape[3] + 1) * 4 * c.out_channels * c.in_channels * 4
+            n = (inp[0].shape[2] + 1) * (inp[0].shape[3] + 1) * 4 * c.out_channels * c.in_channels * 4
         elif isinstance(mod, nn.ConvTranspose2d):  # every input pixel meets every kernel tap
-            total += inp[0].numel() // inp[0].shape[0] * mod.out_channels * mod.kernel_size[0] * mod.kernel_size[1]
+            n = inp[0].numel() // inp[0].shape[0] * mod.out_channels * mod.kernel_size[0] * mod.kernel_size[1]
         else:
-            total += out.numel() // out.shape[0] * (mod.in_channels // mod.groups) * mod.kernel_size[0] \
-                * mod.kernel_size[1]
+            n = out.numel() // out.shape[0] * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
+        macs[name] = macs.get(name, 0) + n
 
     meta = copy.deepcopy(model).to("meta")
-    for m in meta.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, UpsampleConvLayer)):
-            m.register_forward_hook(hook)
+    for name, layer in meta.named_children():
+        for m in layer.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, UpsampleConvLayer)):
+                m.register_forward_hook(functools.partial(hook, name))
     x = torch.zeros(1, 3, h, w, device="meta")
     # a flow prior (DIS) is not a convolution and cannot run on meta tensors: a given zero prior skips it
     prior = {"prior": torch.zeros(1, 2, h, w, device="meta")} if getattr(model, "flow_prior", False) else {}
     with torch.inference_mode():
         meta(x, x, x, x, **prior)
-    return total
+    return macs
 
 
 def peak_matmul_gflops(device: torch.device, dtype=torch.float32, n: int = 2048, seconds: float = 2.0) -> float:

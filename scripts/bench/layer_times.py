@@ -4,9 +4,8 @@
 
 Each top-level layer of the step's network copy (inference/fast.Step: prepacked on CPU where the ISA allows) gets a
 wall-clock timer around its forward (hooks); after two warm-up forwards, `--runs` forwards are timed and each layer's
-mean is printed with its GMAC (counted on the plain network's convolutions: the 2x2 phase and column routes compute
-the same function with other MAC counts, so those layers show none) and the rate that gives. "rest" is the forward
-minus the layers: the flow prior, the pre-alignment warps, casts and the fp32 composition.
+mean is printed with its GMAC (kernels.conv_macs_by_layer, the benchmark's count) and the rate that gives. "rest" is
+the forward minus the layers: the flow prior, the pre-alignment warps, casts and the fp32 composition.
 """
 
 import argparse
@@ -14,35 +13,12 @@ import time
 from collections import defaultdict
 
 import torch
+from kernels import conv_macs_by_layer, size
 
 from tdms.config import ModelConfig
 from tdms.inference.fast import AMP, Step
 from tdms.inference.recurrence import pad_to
 from tdms.nets.build import build_model, load_model
-
-
-def size(text: str) -> tuple[int, int]:
-    w, h = (int(v) for v in text.lower().split("x"))
-    return h, w
-
-
-def conv_macs(model, xs) -> dict[str, float]:
-    """MACs per top-level layer of one plain fp32 forward, from its Conv2d/ConvTranspose2d modules."""
-    macs = defaultdict(float)
-    hooks = []
-    for name, layer in model.named_children():
-        for m in layer.modules():
-            if isinstance(m, torch.nn.ConvTranspose2d):
-                hooks.append(m.register_forward_hook(
-                    lambda m, i, o, n=name: macs.__setitem__(n, macs[n] + i[0].numel() * m.weight[0].numel())))
-            elif isinstance(m, torch.nn.Conv2d):
-                hooks.append(m.register_forward_hook(
-                    lambda m, i, o, n=name: macs.__setitem__(n, macs[n] + o.numel() * m.weight[0].numel())))
-    with torch.inference_mode():
-        model.heads(*xs)
-    for h in hooks:
-        h.remove()
-    return macs
 
 
 def main(argv=None):
@@ -71,7 +47,7 @@ def main(argv=None):
         for _ in range(args.runs):
             step(*xs)
         total = (time.perf_counter() - t0) / args.runs
-    macs = conv_macs(model, xs)
+    macs = conv_macs_by_layer(model, *xs[0].shape[-2:])
     h, w = args.size
     print(f"{args.dtype} channels_last forward at {w}x{h}, {torch.get_num_threads()} threads: {total * 1e3:.0f} ms "
           f"(mean of {args.runs})")
