@@ -30,27 +30,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tdms.evaluation.metrics import psnr, relative_reduction, warping_error_pair
+from tdms.evaluation.metrics import relative_reduction
 from tdms.evaluation.tradeoff import as_written, curve_of, margin, mean_curve
+from tdms.evaluation.video import means, score_frames
 from tdms.flow.cache import FlowCache
 from tdms.flow.dis import DISFlow
 from tdms.flow.occlusion import occlusion_mask
 from tdms.flow.warp import warp
-from tdms.frames.io import FrameSource
+from tdms.frames.io import FrameSource, frames_to_tensor, tensor_to_frame
 from tdms.frames.layout import entries, tasks_file
 from tdms.inference.recurrence import pad_to
 from tdms.nets.build import load_model
 from tdms.nets.tdms_net import compose
 
 NETWORK = ("network", "network×(1-occ)", "network×s", "network×(1-occ)×s")
-
-
-def tensor(frame: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(frame, dtype=np.float32)).permute(2, 0, 1)[None]
-
-
-def frame(x: torch.Tensor) -> np.ndarray:
-    return x[0].permute(1, 2, 0).numpy()
 
 
 class FrameFactor:
@@ -71,7 +64,7 @@ def blend(i_frames, p_frames, pair, variant: str, a: float = 0.0, model=None) ->
     factor, outs, o_prev = FrameFactor(), [], None
     h, w = i_frames[0].shape[:2]
     for t, p in enumerate(p_frames):
-        p_t = tensor(p)
+        p_t = frames_to_tensor(p)
         if o_prev is None:
             o_t = p_t
         else:
@@ -82,7 +75,8 @@ def blend(i_frames, p_frames, pair, variant: str, a: float = 0.0, model=None) ->
                 m = a * visible * (factor(p_t, warped, visible) if variant == "occlusion+frame" else 1.0)
                 o_t = m * warped + (1 - m) * p_t
             else:
-                xs = [pad_to(x)[0] for x in (tensor(i_frames[t - 1]), tensor(i_frames[t]), o_prev, p_t)]
+                i_prev, i_t = frames_to_tensor(i_frames[t - 1]), frames_to_tensor(i_frames[t])
+                xs = [pad_to(x)[0] for x in (i_prev, i_t, o_prev, p_t)]
                 with torch.inference_mode():
                     heads = model.heads(*xs, prior=pad_to(bw[None])[0] if model.flow_prior else None)
                 mask, flow, residual = (x[..., :h, :w] for x in heads)
@@ -91,20 +85,17 @@ def blend(i_frames, p_frames, pair, variant: str, a: float = 0.0, model=None) ->
                 if variant.endswith("s"):
                     mask = mask * factor(p_t, warp(o_prev, flow), visible)
                 o_t = compose(mask, flow, residual, o_prev, p_t, model.residual_gate)[0]
-        outs.append(as_written(frame(o_t)))
+        outs.append(as_written(tensor_to_frame(o_t)))
         o_prev = o_t
     return outs
 
 
-def point(outs, p_frames, pair) -> tuple[float, float]:
-    """(D_t, PSNR) as tdms-evaluate scores them (pairs and frames 1..N-1)."""
-    e, e_p, values = [], [], []
-    for t in range(1, len(p_frames)):
-        fw, _, occ = pair(t - 1)
-        e.append(warping_error_pair(outs[t], outs[t - 1], fw, occ))
-        e_p.append(warping_error_pair(p_frames[t], p_frames[t - 1], fw, occ))
-        values.append(psnr(outs[t], p_frames[t]))
-    return relative_reduction(fmean(e), fmean(e_p)), fmean(values)
+def point(outs, p_frames, pair, e_processed: float) -> tuple[float, float]:
+    """(D_t, PSNR) of one video's outputs, scored by tdms-evaluate's per-pair loop (evaluation.video.score_frames);
+    e_processed: E_warp of P (the naive curve's, which is the same video's)."""
+    steps = ((o, p, None if t == 0 else pair(t - 1)[::2]) for t, (o, p) in enumerate(zip(outs, p_frames, strict=True)))
+    scores = means(score_frames(steps, ["warping_error", "psnr", "ssim"], progress=False)[0])
+    return relative_reduction(scores["warping_error"], e_processed), scores["psnr"]
 
 
 def main(argv=None):
@@ -129,7 +120,7 @@ def main(argv=None):
         curves.append(curve)
         for name, (variant, a) in runs.items():
             outs = blend(i_frames, p_frames, pair, variant, a, model if variant in NETWORK else None)
-            points[name].append((*point(outs, p_frames, pair), curve))
+            points[name].append((*point(outs, p_frames, pair, curve["warping_error_processed"]), curve))
     curve = mean_curve(curves)
     print(f"{len(curves)} videos of {args.data} ({args.phase}); naive curve D_t / PSNR: " +
           ", ".join(f"{d:.3f}/{v:.2f}" for d, v in zip(curve["relative_reduction"], curve["psnr"], strict=True)))
