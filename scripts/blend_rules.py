@@ -77,8 +77,11 @@ def blend(i_frames, p_frames, pair, variant: str, a: float = 0.0, model=None) ->
             else:
                 i_prev, i_t = frames_to_tensor(i_frames[t - 1]), frames_to_tensor(i_frames[t])
                 xs = [pad_to(x)[0] for x in (i_prev, i_t, o_prev, p_t)]
+                given = {"prior": pad_to(bw[None])[0]} if model.flow_prior else {}
+                if getattr(model, "occlusion_gate", "none") != "none":  # the cache's test, as the rules have it
+                    given["occlusion"] = pad_to(1 - visible)[0]
                 with torch.inference_mode():
-                    heads = model.heads(*xs, prior=pad_to(bw[None])[0] if model.flow_prior else None)
+                    heads = model.heads(*xs, **given)
                 mask, flow, residual = (x[..., :h, :w] for x in heads)
                 if "occ" in variant:
                     mask = mask * visible

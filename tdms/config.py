@@ -30,6 +30,8 @@ class ModelConfig:
     flow_prior: str = "none"  # none (the paper) | dis-medium | dis-fast | dis-ultrafast (nets/tdms_net.py)
     # none (the paper) | difference: the residual is bounded by |warp(O_{t-1}) - P_t| (nets/tdms_net.py)
     residual_gate: str = "none"
+    # none (the paper) | forward-backward: no past where the flow prior fails the occlusion test (nets/tdms_net.py)
+    occlusion_gate: str = "none"
 
 
 @dataclass
@@ -62,6 +64,11 @@ class FlowConfig:
 @dataclass
 class LossConfig:
     temporal: float = 100.0
+    # l1 (the paper) | l2: the temporal and fidelity terms as mean squares, the warping error's and PSNR's own form
+    norm: str = "l1"
+    # the temporal term's pixels: visibility (V of F*, the paper) | occlusion: 1 - the sample's forward-backward
+    # occlusion, the pixels the warping error counts
+    temporal_mask: str = "visibility"
     long_term: float = 0.0  # Lai et al.'s warp towards frame 0 (0 = off)
     perceptual: float = 10.0  # needs VGG16 weights; skipped with a message when absent
     fidelity: float = 1.0

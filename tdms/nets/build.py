@@ -36,9 +36,11 @@ def build_model(mcfg: ModelConfig) -> torch.nn.Module:
     """The network `mcfg.arch` names, untrained."""
     prior = prior_backend(mcfg.flow_prior)
     if mcfg.arch == "tdms":
-        return TDMSNet(mcfg.nf, mcfg.norm, mcfg.original_quirks, prior_flow=prior, residual_gate=mcfg.residual_gate)
-    if mcfg.residual_gate != "none":
-        raise UserError(f"model.residual_gate needs model.arch=tdms, got {mcfg.arch!r}")
+        return TDMSNet(mcfg.nf, mcfg.norm, mcfg.original_quirks, prior_flow=prior, residual_gate=mcfg.residual_gate,
+                       occlusion_gate=mcfg.occlusion_gate)
+    for key in ("residual_gate", "occlusion_gate"):
+        if getattr(mcfg, key) != "none":
+            raise UserError(f"model.{key} needs model.arch=tdms, got {mcfg.arch!r}")
     if prior is not None:
         raise UserError(f"model.flow_prior={mcfg.flow_prior} needs model.arch=tdms, got {mcfg.arch!r}")
     if mcfg.arch == "lai":

@@ -15,6 +15,13 @@ The residual head sees the original frames, so without a bound it can draw their
 none (a black or flat P_t came back with I_t's edges); with it, O_t = P_t exactly wherever warp(O_{t-1}) = P_t
 within one pixel, and O_t stays within G_t of the blend everywhere. It adds no weights.
 
+A third deviation, off by default (`model.occlusion_gate`, needs the flow prior): with "forward-backward" the mask
+is switched off where the prior fails Ruder et al.'s forward-backward test, M_t <- M_t · (1 - occ_t), occ_t from
+F° = flow(I_t -> I_{t-1}) and flow(I_{t-1} -> I_t) (one more DIS call a frame). There warp(O_{t-1}) shows another
+surface (a disocclusion) or a motion boundary, so the past is wrong and O_t takes P_t; these are also the pixels
+the warping error of Lai et al. leaves out, so following P_t there costs no consistency as the field measures it.
+It adds no weights.
+
 """
 
 
@@ -23,11 +30,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tdms.errors import UserError
+from tdms.flow.occlusion import occlusion_mask
 from tdms.flow.warp import warp
 from tdms.nets.layers import NORMS, ColumnConvLayer, ConvLayer, ResidualBlock, TransposedConv, UpsampleConvLayer
 
 FLOW_SCALE = 20.0  # the flow head's output is multiplied by 20 (pixels)
 GATES = ("none", "difference")
+OCCLUSION_GATES = ("none", "forward-backward")
 
 
 class TDMSNet(nn.Module):
@@ -39,11 +48,15 @@ class TDMSNet(nn.Module):
     """
 
     def __init__(self, nf: int = 32, norm: str = "none", original_quirks: bool = False, prior_flow=None,
-                 residual_gate: str = "none"):
+                 residual_gate: str = "none", occlusion_gate: str = "none"):
         super().__init__()
         if residual_gate not in GATES:
             raise UserError(f"unknown model.residual_gate {residual_gate!r}; choose from {list(GATES)}")
-        self.residual_gate = residual_gate
+        if occlusion_gate not in OCCLUSION_GATES:
+            raise UserError(f"unknown model.occlusion_gate {occlusion_gate!r}; choose from {list(OCCLUSION_GATES)}")
+        if occlusion_gate != "none" and prior_flow is None:
+            raise UserError("model.occlusion_gate needs a flow prior to test (model.flow_prior=dis-...)")
+        self.residual_gate, self.occlusion_gate = residual_gate, occlusion_gate
         # flow(img_a, img_b) -> (B,2,H,W), tdms.flow's contract; None = the paper's network. Not a submodule:
         # it has no weights and is rebuilt from the config (checkpoint.build_model).
         self.prior_flow = prior_flow
@@ -92,19 +105,29 @@ class TDMSNet(nn.Module):
     def flow_prior(self) -> bool:
         return self.prior_flow is not None
 
-    def heads(self, i_prev, i_t, o_prev, p_t, prior=None):
-        """Mask (B,3,H,W) in (0,1), flow (B,2,H,W) pixels t→t-1, residual (B,3,H,W) in (-1,1).
+    def occlusion(self, i_prev, i_t, prior) -> torch.Tensor:
+        """occ_t (B,1,H,W) fp32 {0, 1}: 1 where F° = `prior` fails the forward-backward test against
+        flow(I_{t-1} -> I_t) (Ruder et al., flow.occlusion.occlusion_mask)."""
+        return occlusion_mask(prior, self.prior_flow(i_prev.float(), i_t.float()).float())
+
+    def heads(self, i_prev, i_t, o_prev, p_t, prior=None, occlusion=None):
+        """Mask (B,3,H,W) in [0,1), flow (B,2,H,W) pixels t→t-1, residual (B,3,H,W) in (-1,1).
 
         With a flow prior, `prior` is F° (B,2,H,W) fp32 (computed here when None; training passes the cached F*).
-        The pre-alignment and F° + ΔF run in fp32 whatever the dtype of the other inputs.
+        The pre-alignment and F° + ΔF run in fp32 whatever the dtype of the other inputs. With the occlusion gate,
+        `occlusion` is occ_t (B,1,H,W) in {0, 1} (computed here from F° when None; training passes the sample's).
         """
         h, w = i_t.shape[-2:]
         if h % 4 or w % 4:
             raise UserError(f"TDMSNet needs H and W divisible by 4, got {h}×{w} (pad the frames)")
+        if occlusion is not None and self.occlusion_gate == "none":
+            raise UserError("an occlusion was given to a TDMSNet built without the gate (model.occlusion_gate=none)")
         if self.flow_prior:
             if prior is None:
                 prior = self.prior_flow(i_t.float(), i_prev.float())
             prior = prior.float()
+            if self.occlusion_gate != "none" and occlusion is None:
+                occlusion = self.occlusion(i_prev, i_t, prior)
             i_prev, o_prev = (warp(x.float(), prior).to(x.dtype) for x in (i_prev, o_prev))
         elif prior is not None:
             raise UserError("a flow prior was given to a TDMSNet built without one (model.flow_prior=none)")
@@ -123,6 +146,8 @@ class TDMSNet(nn.Module):
         m = self._head_blocks(self.ResBlocks_w, e3)
         m = self.deconv2_w(self.deconv1_w(m))
         mask = torch.sigmoid(self.deconv3_w(m))
+        if occlusion is not None:  # the gate: the past is switched off where F° fails the test
+            mask = mask * (1 - occlusion).to(mask.dtype)
 
         f = self._head_blocks(self.ResBlocks_f, e3)
         f = self.deconv2_f(self.deconv1_f(f))
@@ -131,9 +156,9 @@ class TDMSNet(nn.Module):
             flow = prior + flow.float()
         return mask, flow, residual
 
-    def forward(self, i_prev, i_t, o_prev, p_t, prior=None) -> dict:
+    def forward(self, i_prev, i_t, o_prev, p_t, prior=None, occlusion=None) -> dict:
         """One step of the recurrence. Returns output, mask, flow, residual, warped (= warp(O_{t-1}, F_t))."""
-        mask, flow, residual = self.heads(i_prev, i_t, o_prev, p_t, prior)
+        mask, flow, residual = self.heads(i_prev, i_t, o_prev, p_t, prior, occlusion)
         output, warped = compose(mask, flow, residual, o_prev, p_t, self.residual_gate)
         return {"output": output, "mask": mask, "flow": flow, "residual": residual, "warped": warped}
 

@@ -85,13 +85,17 @@ def check_settings(cfg: Config):
 
 
 def check_mask_settings(w):
-    """The mask term's settings of cfg.loss, refused by key."""
+    """The mask and temporal terms' settings of cfg.loss, refused by key."""
     if w.mask_target not in ("flow_star", "own_flow", "occlusion"):
         raise UserError(f"loss.mask_target must be flow_star, own_flow or occlusion, got {w.mask_target!r}")
     if not 0 < w.mask_scale <= 1:
         raise UserError(f"loss.mask_scale must be in (0, 1], got {w.mask_scale}")
     if w.mask_norm not in ("l1", "l2"):
         raise UserError(f"loss.mask_norm must be l1 or l2, got {w.mask_norm!r}")
+    if w.norm not in ("l1", "l2"):
+        raise UserError(f"loss.norm must be l1 or l2, got {w.norm!r}")
+    if w.temporal_mask not in ("visibility", "occlusion"):
+        raise UserError(f"loss.temporal_mask must be visibility or occlusion, got {w.temporal_mask!r}")
     if not 0 <= w.mask_balance < 1:
         raise UserError(f"loss.mask_balance must be in [0, 1) (a visibility threshold; 0 = off), got {w.mask_balance}")
 

@@ -224,7 +224,7 @@ so a bad one fails at once, by name.
     smallest = min(sizes, key=lambda video: min(sizes[video]))
     check_crop(d.crop, d.scale_max, smallest, sizes[smallest], "smallest video")
     ds = ClipDataset(clips, cache, d.sample_frames, d.crop, d.scale_min, d.scale_max, d.augment, cfg.train.seed,
-                     frame_gap=d.frame_gap, occlusion=cfg.loss.mask_target == "occlusion")
+                     frame_gap=d.frame_gap, occlusion=needs_occlusion(cfg))
     videos = distributed.shard(sorted({c.input_dir for c in clips}), world)
     for video in tqdm(videos, desc="flow cache", unit="video", disable=not world.main):
         try:
@@ -258,3 +258,10 @@ def make_loader(ds: ClipDataset, step: int, cfg: Config, world: distributed.Worl
     sampler = DistributedSampler(remaining, world.size, world.rank, shuffle=False) if world.distributed else None
     return DataLoader(remaining, batch // world.size, sampler=sampler, num_workers=cfg.data.workers,
                       pin_memory=device.type == "cuda", drop_last=True, persistent_workers=cfg.data.workers > 0)
+
+
+def needs_occlusion(cfg) -> bool:
+    """Whether the samples carry each target frame's occlusion: the mask target, the temporal term's pixels or the
+    model's gate read it."""
+    return (cfg.loss.mask_target == "occlusion" or cfg.loss.temporal_mask == "occlusion"
+            or cfg.model.occlusion_gate != "none")

@@ -4,7 +4,9 @@ The terms, with F* = flow(I_t -> I_{t-1}) and the visibility V (tdms/flow/occlus
 original TDMS-Net code: temporal L1(O_t·V, warp(O_{t-1}, F*)·V) 100; perceptual sum_l L1(VGG16_l(O_t),
 VGG16_l(P_t)) at relu4_3 10; fidelity L1(O_t, P_t) 1; flow L1(F_t, F*) 0.5; flow cycle L1(flow(I_{t-1} -> I_t),
 flow(O_{t-1} -> O_t)) 1 (off by default here: loss.flow_cycle); mask L1(M_t, V) 1. Lai et al.'s long-term term
-is the temporal one towards frame 0. Two terms of our own (off by default) measure the evaluation's two axes
+is the temporal one towards frame 0. loss.norm=l2 makes the temporal and fidelity terms mean squares, and
+loss.temporal_mask=occlusion counts the pixels that pass the forward-backward test instead of weighing by V: both
+then have the form of the evaluation's warping error and PSNR. Two terms of our own (off by default) measure the evaluation's two axes
 instead: log_fidelity (-PSNR/10) and relative_temporal (E(O)/E(P) on the clip, 1 - D_t).
 
 All images (B,3,H,W) in [0,1]; flows (B,2,H,W) pixels; visibility (B,1,H,W) in [0,1].
@@ -25,13 +27,18 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def temporal_loss(output, target_warped, visibility):
-    """Short-term (or long-term) consistency: L1(O_t·V, warp(O_ref, F*)·V)."""
-    return F.l1_loss(output * visibility, target_warped * visibility)
+def temporal_loss(output, target_warped, visibility, norm: str = "l1"):
+    """Short-term (or long-term) consistency: L1(O_t·V, warp(O_ref, F*)·V); l2: the mean square instead, the
+    form of the warping error (Lai et al.)."""
+    return NORMS[norm](output * visibility, target_warped * visibility)
 
 
-def fidelity_loss(output, processed):
-    return F.l1_loss(output, processed)
+def fidelity_loss(output, processed, norm: str = "l1"):
+    """L1(O_t, P_t); l2: the mean square, whose log PSNR reports."""
+    return NORMS[norm](output, processed)
+
+
+NORMS = {"l1": F.l1_loss, "l2": F.mse_loss}
 
 
 def log_fidelity_loss(output, processed, eps: float):

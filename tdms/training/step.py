@@ -46,16 +46,20 @@ class Aux:
 def step_losses(out: dict, f: dict, w, aux: Aux, long=None) -> dict:
     """Unweighted loss terms of one recurrence step, only those with a non-zero weight that apply to the model.
 
-    f: i_prev, i_t, o_prev, o_first, p_prev, p_t (B,3,H,W), f_star (B,2,H,W), vis (B,1,H,W), and with
-    loss.mask_target=occlusion visible (B,1,H,W), 1 - the occlusion of frame t; long: (F*_{t->0}, V_0).
+    f: i_prev, i_t, o_prev, o_first, p_prev, p_t (B,3,H,W), f_star (B,2,H,W), vis (B,1,H,W), and where the
+    samples carry it (training.dataset.needs_occlusion) visible (B,1,H,W), 1 - the occlusion of frame t;
+    long: (F*_{t->0}, V_0).
     The flow and mask terms need TDMS-Net's heads and are skipped for models without them (Lai et al.'s).
     """
     o_t = out["output"]
     terms = {}
     if w.temporal > 0:
-        terms["temporal"] = L.temporal_loss(o_t, L.warp_target(f["o_prev"], f["f_star"]), f["vis"])
+        if w.temporal_mask == "occlusion" and "visible" not in f:
+            raise no_occlusion("loss.temporal_mask=occlusion")
+        pixels = f["visible"] if w.temporal_mask == "occlusion" else f["vis"]
+        terms["temporal"] = L.temporal_loss(o_t, L.warp_target(f["o_prev"], f["f_star"]), pixels, w.norm)
     if w.fidelity > 0:
-        terms["fidelity"] = L.fidelity_loss(o_t, f["p_t"])
+        terms["fidelity"] = L.fidelity_loss(o_t, f["p_t"], w.norm)
     if w.log_fidelity > 0:
         terms["log_fidelity"] = L.log_fidelity_loss(o_t, f["p_t"], w.log_fidelity_eps)
     if w.relative_temporal > 0:
@@ -69,8 +73,7 @@ def step_losses(out: dict, f: dict, w, aux: Aux, long=None) -> dict:
         target = f["vis"]
         if w.mask_target == "occlusion":  # 1 - the forward-backward occlusion: the pixels the warping error counts
             if "visible" not in f:
-                raise UserError("loss.mask_target=occlusion needs each sample's occlusion (ClipDataset(..., "
-                                "occlusion=True), as tdms-train builds it); this batch has none")
+                raise no_occlusion("loss.mask_target=occlusion")
             target = f["visible"]
         elif w.mask_target == "own_flow":  # where the net's own (detached) flow really aligns the frames
             target = visibility_mask(f["i_t"], warp(f["i_prev"], out["flow"].detach()), w.alpha, w.squared_norm)
@@ -83,6 +86,11 @@ def step_losses(out: dict, f: dict, w, aux: Aux, long=None) -> dict:
     if w.flow_cycle > 0:
         terms["flow_cycle"] = L.flow_cycle_loss(aux.cycle_flow, f["i_prev"], f["i_t"], f["o_prev"], o_t)
     return terms
+
+
+def no_occlusion(setting: str) -> UserError:
+    return UserError(f"{setting} needs each sample's occlusion (ClipDataset(..., occlusion=True), as tdms-train "
+                     "builds it); this batch has none")
 
 
 def clip_losses(model, batch: dict, cfg: Config, aux: Aux | None = None) -> tuple[float, dict]:
@@ -114,6 +122,10 @@ def clip_losses(model, batch: dict, cfg: Config, aux: Aux | None = None) -> tupl
                 extra = {"state": state} if recurrent else {}
                 if cfg.model.flow_prior != "none":  # the prior is the flow the cache already holds
                     extra["prior"] = f_star
+                if cfg.model.occlusion_gate != "none":  # and its occlusion the one the sample carries
+                    if "occlusion" not in batch:
+                        raise no_occlusion("model.occlusion_gate")
+                    extra["occlusion"] = batch["occlusion"][:, t - 1]
                 out = model(*(aux.fmt(x) for x in (i_prev, i_t, o_prev.detach(), p_t)), **extra)
                 state = out.pop("state", None)
                 out = {k: v.float() for k, v in out.items()}  # losses in fp32 (a no-op without amp)

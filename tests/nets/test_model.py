@@ -230,6 +230,50 @@ def test_flow_prior_pre_aligns_the_previous_frames_and_corrects_the_flow():
         plain.heads(i_prev, i_t, o_prev, p_t, prior)
 
 
+def test_occlusion_gate_switches_the_past_off_where_the_test_fails():
+    """M_t · (1 - occ_t): where occ_t = 1 the output is P_t plus the residual, elsewhere the ungated network's."""
+    from tdms.config import ModelConfig
+    from tdms.flow.occlusion import occlusion_mask
+    from tdms.nets.build import build_model
+
+    torch.manual_seed(0)
+    plain = build_model(ModelConfig(nf=8, flow_prior="dis-medium"))
+    gated = build_model(ModelConfig(nf=8, flow_prior="dis-medium", occlusion_gate="forward-backward"))
+    assert gated.state_dict().keys() == plain.state_dict().keys()  # no weights of its own
+    gated.load_state_dict(plain.state_dict())
+    i_prev, i_t, o_prev, p_t = (torch.rand(1, 3, 32, 40) for _ in range(4))
+    prior = torch.randn(1, 2, 32, 40)
+    occ = torch.zeros(1, 1, 32, 40)
+    occ[..., 8:20, 10:30] = 1
+    with torch.no_grad():
+        m0, f0, r0 = plain.heads(i_prev, i_t, o_prev, p_t, prior)
+        out = gated(i_prev, i_t, o_prev, p_t, prior, occ)
+    assert torch.equal(out["mask"], m0 * (1 - occ)) and torch.equal(out["flow"], f0)
+    inside = out["output"][..., 8:20, 10:30]
+    assert torch.allclose(inside, (p_t + out["residual"])[..., 8:20, 10:30], atol=1e-6)
+    assert (m0[..., 8:20, 10:30] > 0.1).all()  # the ungated mask would have taken the past there
+    # without `occlusion` it runs the test itself on F° and flow(I_{t-1} -> I_t) from its DIS
+    from skimage import data as skdata
+
+    photo = torch.from_numpy(skdata.astronaut()[100:132, 150:194].astype("float32") / 255).permute(2, 0, 1)[None]
+    i_prev, shifted = photo[..., 2:42], photo[..., :40]
+    with torch.no_grad():
+        dis = gated.prior_flow(shifted, i_prev)
+        expect = occlusion_mask(dis, gated.prior_flow(i_prev, shifted))
+        m_self = gated.heads(i_prev, shifted, o_prev, p_t, dis)[0]
+        m_given = gated.heads(i_prev, shifted, o_prev, p_t, dis, expect)[0]
+    # OpenCV's DIS keeps a little state between calls on tiny frames: a pixel may flip at the edge of an occlusion
+    assert (m_self != m_given).float().mean() < 0.02
+    with pytest.raises(ValueError, match="without the gate"):
+        plain.heads(i_prev, i_t, o_prev, p_t, prior, occ)
+    with pytest.raises(ValueError, match="needs a flow prior"):
+        build_model(ModelConfig(nf=8, occlusion_gate="forward-backward"))
+    with pytest.raises(ValueError, match="unknown model.occlusion_gate"):
+        build_model(ModelConfig(nf=8, flow_prior="dis-medium", occlusion_gate="soft"))
+    with pytest.raises(ValueError, match="needs model.arch=tdms"):
+        build_model(ModelConfig(arch="lai", occlusion_gate="forward-backward"))
+
+
 def test_flow_prior_names_and_architectures_are_checked():
     from tdms.config import ModelConfig
     from tdms.inference.fast import make_step

@@ -163,3 +163,50 @@ def test_mask_balance_in_training_marks_the_low_visibility_pixels(lai_root, tmp_
     with pytest.raises(ValueError, match="mask_balance must be in"):
         clip_losses(model, batch, cfg)
 
+
+
+def test_occlusion_gate_reads_the_sample_s_occlusion(lai_root, tmp_path):
+    """With model.occlusion_gate the training step gates the mask by the sample's occlusion (not a flow of its own):
+    a clip whose every pixel is marked occluded trains a mask that is 0 everywhere; without the occlusion, an error."""
+    from tdms.config import ModelConfig
+    from tdms.nets.build import build_model
+    from tdms.training.dataset import needs_occlusion
+
+    cfg = config(lai_root, tmp_path, **{"model.flow_prior": "dis-medium", "model.occlusion_gate": "forward-backward"})
+    assert needs_occlusion(cfg) and not needs_occlusion(config(lai_root, tmp_path))
+    model = build_model(ModelConfig(nf=8, flow_prior="dis-medium", occlusion_gate="forward-backward"))
+    batch = one_batch(lai_root, tmp_path)
+    seen = []
+    model.register_forward_hook(lambda m, args, kwargs, out: seen.append((kwargs["occlusion"], out["mask"])),
+                                with_kwargs=True)
+    occ = torch.ones_like(batch["input"][:, 1:, :1])
+    total, _ = clip_losses(model, batch | {"occlusion": occ}, cfg)
+    assert np.isfinite(total) and len(seen) == 2
+    assert all(torch.equal(o, occ[:, 0]) and m.abs().max() == 0 for o, m in seen)
+    with pytest.raises(ValueError, match="model.occlusion_gate needs each sample's occlusion"):
+        clip_losses(model, batch, cfg)
+
+
+def test_l2_terms_over_the_occlusion_test_s_pixels(lai_root, tmp_path):
+    """loss.norm=l2: temporal and fidelity as mean squares; loss.temporal_mask=occlusion: the temporal term counts the
+    pixels the sample's forward-backward test passes (the warping error's own), not V. Settings are checked."""
+    from tdms.training.step import step_losses
+
+    cfg = config(lai_root, tmp_path, **{"loss.norm": "l2", "loss.temporal_mask": "occlusion"})
+    model, out, vis, frames, batch = small_step()
+    visible = (torch.rand(1, 1, 16, 16) < 0.7).float()
+    terms = step_losses(out, frames | {"visible": visible}, cfg.loss, None)
+    o, w = out["output"], frames["o_prev"]  # f_star = 0: the warp is the identity
+    assert torch.allclose(terms["temporal"], ((o * visible - w * visible) ** 2).mean())
+    assert torch.allclose(terms["fidelity"], ((o - frames["p_t"]) ** 2).mean())
+    assert not torch.allclose(terms["temporal"], ((o * vis - w * vis) ** 2).mean())
+    with pytest.raises(ValueError, match="loss.temporal_mask=occlusion needs each sample's occlusion"):
+        step_losses(out, frames, cfg.loss, None)
+    cfg.loss.norm = "l1"
+    l1 = step_losses(out, frames | {"visible": visible}, cfg.loss, None)
+    assert torch.allclose(l1["temporal"], (o * visible - w * visible).abs().mean())
+    for key, bad, msg in (("norm", "huber", "loss.norm must be l1 or l2"),
+                          ("temporal_mask", "v", "loss.temporal_mask must be visibility or occlusion")):
+        cfg2 = config(lai_root, tmp_path, **{f"loss.{key}": bad})
+        with pytest.raises(ValueError, match=msg):
+            clip_losses(model, batch, cfg2)
