@@ -6,8 +6,8 @@ VGG16_l(P_t)) at relu4_3 10; fidelity L1(O_t, P_t) 1; flow L1(F_t, F*) 0.5; flow
 flow(O_{t-1} -> O_t)) 1 (off by default here: loss.flow_cycle); mask L1(M_t, V) 1. Lai et al.'s long-term term
 is the temporal one towards frame 0. loss.norm=l2 makes the temporal and fidelity terms mean squares, and
 loss.temporal_mask=occlusion counts the pixels that pass the forward-backward test instead of weighing by V: both
-then have the form of the evaluation's warping error and PSNR. Two terms of our own (off by default) measure the evaluation's two axes
-instead: log_fidelity (-PSNR/10) and relative_temporal (E(O)/E(P) on the clip, 1 - D_t).
+then have the form of the evaluation's warping error and PSNR. Two terms of our own (off by default) measure the
+evaluation's two axes instead: log_fidelity (-PSNR/10) and relative_temporal (E(O)/E(P) on the clip, 1 - D_t).
 
 All images (B,3,H,W) in [0,1]; flows (B,2,H,W) pixels; visibility (B,1,H,W) in [0,1].
 """
