@@ -32,6 +32,7 @@ class ModelConfig:
     residual_gate: str = "none"
     # none (the paper) | forward-backward: no past where the flow prior fails the occlusion test (nets/tdms_net.py)
     occlusion_gate: str = "none"
+    occlusion_ramp: int = 0  # r px: the gate is 1 - occ averaged over (2r+1)² pixels (0 = a hard switch)
 
 
 @dataclass

@@ -37,7 +37,7 @@ def build_model(mcfg: ModelConfig) -> torch.nn.Module:
     prior = prior_backend(mcfg.flow_prior)
     if mcfg.arch == "tdms":
         return TDMSNet(mcfg.nf, mcfg.norm, mcfg.original_quirks, prior_flow=prior, residual_gate=mcfg.residual_gate,
-                       occlusion_gate=mcfg.occlusion_gate)
+                       occlusion_gate=mcfg.occlusion_gate, occlusion_ramp=mcfg.occlusion_ramp)
     for key in ("residual_gate", "occlusion_gate"):
         if getattr(mcfg, key) != "none":
             raise UserError(f"model.{key} needs model.arch=tdms, got {mcfg.arch!r}")

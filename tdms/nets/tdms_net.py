@@ -20,7 +20,8 @@ is switched off where the prior fails Ruder et al.'s forward-backward test, M_t 
 F° = flow(I_t -> I_{t-1}) and flow(I_{t-1} -> I_t) (one more DIS call a frame). There warp(O_{t-1}) shows another
 surface (a disocclusion) or a motion boundary, so the past is wrong and O_t takes P_t; these are also the pixels
 the warping error of Lai et al. leaves out, so following P_t there costs no consistency as the field measures it.
-It adds no weights.
+With `model.occlusion_ramp` r > 0 the gate is 1 - the mean of occ_t over a (2r+1)² window (ramp): it falls across the
+occlusion's border over 2r+1 pixels instead of at once, so the switch draws no edge of its own. It adds no weights.
 
 """
 
@@ -48,7 +49,7 @@ class TDMSNet(nn.Module):
     """
 
     def __init__(self, nf: int = 32, norm: str = "none", original_quirks: bool = False, prior_flow=None,
-                 residual_gate: str = "none", occlusion_gate: str = "none"):
+                 residual_gate: str = "none", occlusion_gate: str = "none", occlusion_ramp: int = 0):
         super().__init__()
         if residual_gate not in GATES:
             raise UserError(f"unknown model.residual_gate {residual_gate!r}; choose from {list(GATES)}")
@@ -56,7 +57,9 @@ class TDMSNet(nn.Module):
             raise UserError(f"unknown model.occlusion_gate {occlusion_gate!r}; choose from {list(OCCLUSION_GATES)}")
         if occlusion_gate != "none" and prior_flow is None:
             raise UserError("model.occlusion_gate needs a flow prior to test (model.flow_prior=dis-...)")
-        self.residual_gate, self.occlusion_gate = residual_gate, occlusion_gate
+        if occlusion_ramp < 0:
+            raise UserError(f"model.occlusion_ramp must be >= 0 pixels, got {occlusion_ramp}")
+        self.residual_gate, self.occlusion_gate, self.occlusion_ramp = residual_gate, occlusion_gate, occlusion_ramp
         # flow(img_a, img_b) -> (B,2,H,W), tdms.flow's contract; None = the paper's network. Not a submodule:
         # it has no weights and is rebuilt from the config (checkpoint.build_model).
         self.prior_flow = prior_flow
@@ -147,7 +150,7 @@ class TDMSNet(nn.Module):
         m = self.deconv2_w(self.deconv1_w(m))
         mask = torch.sigmoid(self.deconv3_w(m))
         if occlusion is not None:  # the gate: the past is switched off where F° fails the test
-            mask = mask * (1 - occlusion).to(mask.dtype)
+            mask = mask * (1 - ramp(occlusion.float(), self.occlusion_ramp)).to(mask.dtype)
 
         f = self._head_blocks(self.ResBlocks_f, e3)
         f = self.deconv2_f(self.deconv1_f(f))
@@ -161,6 +164,15 @@ class TDMSNet(nn.Module):
         mask, flow, residual = self.heads(i_prev, i_t, o_prev, p_t, prior, occlusion)
         output, warped = compose(mask, flow, residual, o_prev, p_t, self.residual_gate)
         return {"output": output, "mask": mask, "flow": flow, "residual": residual, "warped": warped}
+
+
+def ramp(occlusion: torch.Tensor, r: int) -> torch.Tensor:
+    """occ (B,1,H,W) in {0, 1} softened: its mean over the (2r+1)² window around each pixel (r = 0: occ itself).
+    A hard switch is an edge of m·|warp(O_{t-1}) - P_t| in O_t along the occlusion's border; softened, the gate
+    falls over 2r+1 pixels across the border (inside and out), and a thin line of occlusion is only dimmed."""
+    if r == 0:
+        return occlusion
+    return F.avg_pool2d(F.pad(occlusion, (r, r, r, r), mode="replicate"), 2 * r + 1, stride=1)
 
 
 def compose(mask, flow, residual, o_prev, p_t, gate: str = "none") -> tuple[torch.Tensor, torch.Tensor]:

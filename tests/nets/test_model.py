@@ -274,6 +274,35 @@ def test_occlusion_gate_switches_the_past_off_where_the_test_fails():
         build_model(ModelConfig(arch="lai", occlusion_gate="forward-backward"))
 
 
+def test_occlusion_ramp_softens_the_switch():
+    """ramp(occ, r): occ itself at r = 0; otherwise its (2r+1)² mean, so the gate falls over 2r+1 pixels across the
+    border of an occlusion, a wide occlusion's inside stays 1 and far pixels 0; the model applies it to the gate."""
+    from tdms.config import ModelConfig
+    from tdms.nets.build import build_model
+    from tdms.nets.tdms_net import ramp
+
+    occ = torch.zeros(1, 1, 40, 40)
+    occ[..., :, 20:] = 1  # the right half occluded: a vertical border between columns 19 and 20
+    assert torch.equal(ramp(occ, 0), occ)
+    soft = ramp(occ, 2)[0, 0, 10]
+    assert torch.allclose(soft, torch.clamp((torch.arange(40.0) - 17) / 5, 0, 1))  # 0 ... 0.2 0.4 0.6 0.8 1 ... 1
+    line = torch.zeros(1, 1, 40, 40)
+    line[..., 20, :] = 1  # a one-pixel line of occlusion is dimmed to 1/5, not switched
+    assert torch.allclose(ramp(line, 2)[0, 0, 18:23, 10], torch.full((5,), 0.2))
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(nf=8, flow_prior="dis-medium", occlusion_gate="forward-backward",
+                                    occlusion_ramp=2))
+    i_prev, i_t, o_prev, p_t = (torch.rand(1, 3, 40, 40) for _ in range(4))
+    with torch.no_grad():
+        model.occlusion_ramp = 0
+        ungated = model.heads(i_prev, i_t, o_prev, p_t, torch.zeros(1, 2, 40, 40), torch.zeros_like(occ))[0]
+        model.occlusion_ramp = 2
+        gated = model.heads(i_prev, i_t, o_prev, p_t, torch.zeros(1, 2, 40, 40), occ)[0]
+    assert torch.allclose(gated, ungated * (1 - ramp(occ, 2)))
+    with pytest.raises(ValueError, match="occlusion_ramp must be >= 0"):
+        build_model(ModelConfig(nf=8, flow_prior="dis-medium", occlusion_gate="forward-backward", occlusion_ramp=-1))
+
+
 def test_flow_prior_names_and_architectures_are_checked():
     from tdms.config import ModelConfig
     from tdms.inference.fast import make_step
