@@ -8,6 +8,8 @@ DIS flow cache (the ones tdms-evaluate reads), O_0 = P_0 and
     naive curve      O_t = (1 - a) P_t + a W_t,  W_t = warp(O_{t-1}, F_t),  a = 0.1 .. 0.9
     occlusion        the same with a·(1 - occ_t): occ_t = 1 where the forward-backward test of F_t fails (Ruder et
                      al., as the warping error masks its pixels), so no pixel the metric ignores pays fidelity
+    gate             a·(1 - ramp(max(occ_t, out_t), r)): the shipped checkpoint's occlusion gate over a constant,
+                     out_t where F_t points out of the frame, ramp its (2r+1)² mean (--ramp, default 4)
     occlusion+frame  a·(1 - occ_t)·s_t with s_t = min(1, e_t / mean(e_1..e_t)), e_t the mean of (P_t - W_t)^2 over
                      visible pixels: a frame whose processed image already agrees with the past is smoothed less
     network          the checkpoint's own mask, flow and residual (fp32), and the same with its mask times
@@ -35,13 +37,13 @@ from tdms.evaluation.tradeoff import as_written, curve_of, margin, mean_curve
 from tdms.evaluation.video import means, score_frames
 from tdms.flow.cache import FlowCache
 from tdms.flow.dis import DISFlow
-from tdms.flow.occlusion import occlusion_mask
+from tdms.flow.occlusion import leaves_frame, occlusion_mask
 from tdms.flow.warp import warp
 from tdms.frames.io import FrameSource, frames_to_tensor, tensor_to_frame
 from tdms.frames.layout import entries, tasks_file
 from tdms.inference.recurrence import pad_to
 from tdms.nets.build import load_model
-from tdms.nets.tdms_net import compose
+from tdms.nets.tdms_net import compose, ramp
 
 NETWORK = ("network", "network×(1-occ)", "network×s", "network×(1-occ)×s")
 
@@ -59,8 +61,9 @@ class FrameFactor:
         return min(1.0, e / mean) if mean > 0 else 1.0
 
 
-def blend(i_frames, p_frames, pair, variant: str, a: float = 0.0, model=None) -> list[np.ndarray]:
-    """O of one video by a rule ("occlusion", "occlusion+frame") or a network variant (NETWORK), as written."""
+def blend(i_frames, p_frames, pair, variant: str, a: float = 0.0, model=None, r: int = 4) -> list[np.ndarray]:
+    """O of one video by a rule ("occlusion", "gate", "occlusion+frame") or a network variant (NETWORK), as
+    written; r: the gate's ramp."""
     factor, outs, o_prev = FrameFactor(), [], None
     h, w = i_frames[0].shape[:2]
     for t, p in enumerate(p_frames):
@@ -72,7 +75,10 @@ def blend(i_frames, p_frames, pair, variant: str, a: float = 0.0, model=None) ->
             visible = 1 - occlusion_mask(bw[None], fw[None])  # in frame t
             if model is None:
                 warped = warp(o_prev, bw[None])
-                m = a * visible * (factor(p_t, warped, visible) if variant == "occlusion+frame" else 1.0)
+                if variant == "gate":
+                    m = a * (1 - ramp(torch.maximum(1 - visible, leaves_frame(bw[None])), r))
+                else:
+                    m = a * visible * (factor(p_t, warped, visible) if variant == "occlusion+frame" else 1.0)
                 o_t = m * warped + (1 - m) * p_t
             else:
                 i_prev, i_t = frames_to_tensor(i_frames[t - 1]), frames_to_tensor(i_frames[t])
@@ -107,13 +113,14 @@ def main(argv=None):
     p.add_argument("--phase", default="val")
     p.add_argument("--checkpoint", default="", help="also score this network (default: the rules only)")
     p.add_argument("--alphas", type=float, nargs="+", default=[0.5, 0.6, 0.7])
+    p.add_argument("--ramp", type=int, default=4, help="the gate rule's softening r (model.occlusion_ramp)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     model = load_model(args.checkpoint).eval() if args.checkpoint else None
     if model is not None and not hasattr(model, "heads"):
         p.error(f"{args.checkpoint}: not a TDMS-Net checkpoint (its mask, flow and residual heads are what is scored)")
     cache = FlowCache(args.data / "cache" / "flow", DISFlow("medium"))
-    runs = {f"{rule} a={a:g}": (rule, a) for rule in ("occlusion", "occlusion+frame") for a in args.alphas}
+    runs = {f"{rule} a={a:g}": (rule, a) for rule in ("occlusion", "gate", "occlusion+frame") for a in args.alphas}
     runs |= {name: (name, 0.0) for name in (NETWORK if model is not None else ())}
     points, curves = {name: [] for name in runs}, []
     for entry in tqdm(entries(args.data, args.phase, tasks_file(args.data, args.phase)), desc="videos"):
@@ -122,7 +129,7 @@ def main(argv=None):
         curve = curve_of(i_frames, p_frames, pair, len(i_frames))
         curves.append(curve)
         for name, (variant, a) in runs.items():
-            outs = blend(i_frames, p_frames, pair, variant, a, model if variant in NETWORK else None)
+            outs = blend(i_frames, p_frames, pair, variant, a, model if variant in NETWORK else None, args.ramp)
             points[name].append((*point(outs, p_frames, pair, curve["warping_error_processed"]), curve))
     curve = mean_curve(curves)
     print(f"{len(curves)} videos of {args.data} ({args.phase}); naive curve D_t / PSNR: " +

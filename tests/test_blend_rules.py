@@ -15,8 +15,8 @@ def margins(module, root, capsys) -> dict[str, float]:
     module.main(["--data", str(root), "--phase", "test", "--alphas", "0.5"])
     out = capsys.readouterr().out
     assert "2 videos" in out
-    rows = dict(re.findall(r"^\s+(occlusion(?:\+frame)? a=0\.5)\s.*margin ([+-]\d+\.\d+) dB", out, re.M))
-    assert set(rows) == {"occlusion a=0.5", "occlusion+frame a=0.5"}, out
+    rows = dict(re.findall(r"^\s+((?:occlusion(?:\+frame)?|gate) a=0\.5)\s.*margin ([+-]\d+\.\d+) dB", out, re.M))
+    assert set(rows) == {"occlusion a=0.5", "gate a=0.5", "occlusion+frame a=0.5"}, out
     return {k: float(v) for k, v in rows.items()}
 
 
@@ -27,3 +27,6 @@ def test_the_occlusion_rule_without_occlusion_is_the_blend(lai_root, capsys, mon
     assert margins(module, lai_root, capsys)["occlusion a=0.5"] > 0  # the border the pan uncovers
     monkeypatch.setattr(module, "occlusion_mask", lambda fw, bw: torch.zeros_like(fw[:, :1]))
     assert margins(module, lai_root, capsys)["occlusion a=0.5"] == 0.0
+    # the gate rule: with neither occlusion nor a flow leaving the frame it is the blend too
+    monkeypatch.setattr(module, "leaves_frame", lambda flow: torch.zeros_like(flow[:, :1]))
+    assert margins(module, lai_root, capsys)["gate a=0.5"] == 0.0

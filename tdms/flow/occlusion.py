@@ -33,6 +33,16 @@ def occlusion_mask(fw: torch.Tensor, bw: torch.Tensor) -> torch.Tensor:
     return (inconsistent | boundary).float()
 
 
+def leaves_frame(flow: torch.Tensor) -> torch.Tensor:
+    """(B,1,H,W) float {0,1}: 1 where p + flow(p) falls outside the frame [0, W-1] × [0, H-1], so a warp along
+    `flow` has nothing there but the clamped border (content that enters the view). The forward-backward test
+    does not see it: under a pan the clamped backward flow still undoes the forward one."""
+    _, _, h, w = flow.shape
+    x = torch.arange(w, device=flow.device, dtype=flow.dtype).view(1, 1, 1, w) + flow[:, :1]
+    y = torch.arange(h, device=flow.device, dtype=flow.dtype).view(1, 1, h, 1) + flow[:, 1:]
+    return ((x < 0) | (x > w - 1) | (y < 0) | (y > h - 1)).float()
+
+
 def visibility_mask(
     img_t: torch.Tensor, img_prev_warped: torch.Tensor, alpha: float = 50.0, squared_norm: bool = False
 ) -> torch.Tensor:

@@ -16,10 +16,11 @@ none (a black or flat P_t came back with I_t's edges); with it, O_t = P_t exactl
 within one pixel, and O_t stays within G_t of the blend everywhere. It adds no weights.
 
 A third deviation, off by default (`model.occlusion_gate`, needs the flow prior): with "forward-backward" the mask
-is switched off where the prior fails Ruder et al.'s forward-backward test, M_t <- M_t · (1 - occ_t), occ_t from
-F° = flow(I_t -> I_{t-1}) and flow(I_{t-1} -> I_t) (one more DIS call a frame). There warp(O_{t-1}) shows another
-surface (a disocclusion) or a motion boundary, so the past is wrong and O_t takes P_t; these are also the pixels
-the warping error of Lai et al. leaves out, so following P_t there costs no consistency as the field measures it.
+is switched off where the prior fails Ruder et al.'s forward-backward test or points out of the frame,
+M_t <- M_t · (1 - occ_t), occ_t from F° = flow(I_t -> I_{t-1}) and flow(I_{t-1} -> I_t) (one more DIS call a frame).
+There warp(O_{t-1}) shows another surface (a disocclusion), a motion boundary or the clamped border (content entering
+the view), so the past is wrong and O_t takes P_t; these are also pixels the warping error of Lai et al. leaves out
+or never samples, so following P_t there costs no consistency as the field measures it.
 With `model.occlusion_ramp` r > 0 the gate is 1 - the mean of occ_t over a (2r+1)² window (ramp): it falls across the
 occlusion's border over 2r+1 pixels instead of at once, so the switch draws no edge of its own. It adds no weights.
 
@@ -31,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tdms.errors import UserError
-from tdms.flow.occlusion import occlusion_mask
+from tdms.flow.occlusion import leaves_frame, occlusion_mask
 from tdms.flow.warp import warp
 from tdms.nets.layers import NORMS, ColumnConvLayer, ConvLayer, ResidualBlock, TransposedConv, UpsampleConvLayer
 
@@ -110,7 +111,7 @@ class TDMSNet(nn.Module):
 
     def occlusion(self, i_prev, i_t, prior) -> torch.Tensor:
         """occ_t (B,1,H,W) fp32 {0, 1}: 1 where F° = `prior` fails the forward-backward test against
-        flow(I_{t-1} -> I_t) (Ruder et al., flow.occlusion.occlusion_mask)."""
+        flow(I_{t-1} -> I_t) (Ruder et al., flow.occlusion.occlusion_mask); the gate adds where F° leaves the frame."""
         return occlusion_mask(prior, self.prior_flow(i_prev.float(), i_t.float()).float())
 
     def heads(self, i_prev, i_t, o_prev, p_t, prior=None, occlusion=None):
@@ -149,8 +150,9 @@ class TDMSNet(nn.Module):
         m = self._head_blocks(self.ResBlocks_w, e3)
         m = self.deconv2_w(self.deconv1_w(m))
         mask = torch.sigmoid(self.deconv3_w(m))
-        if occlusion is not None:  # the gate: the past is switched off where F° fails the test
-            mask = mask * (1 - ramp(occlusion.float(), self.occlusion_ramp)).to(mask.dtype)
+        if occlusion is not None:  # the gate: the past is switched off where F° fails the test or leaves the frame
+            missing = torch.maximum(occlusion.float(), leaves_frame(prior))
+            mask = mask * (1 - ramp(missing, self.occlusion_ramp)).to(mask.dtype)
 
         f = self._head_blocks(self.ResBlocks_f, e3)
         f = self.deconv2_f(self.deconv1_f(f))

@@ -248,7 +248,9 @@ def test_occlusion_gate_switches_the_past_off_where_the_test_fails():
     with torch.no_grad():
         m0, f0, r0 = plain.heads(i_prev, i_t, o_prev, p_t, prior)
         out = gated(i_prev, i_t, o_prev, p_t, prior, occ)
-    assert torch.equal(out["mask"], m0 * (1 - occ)) and torch.equal(out["flow"], f0)
+    from tdms.flow.occlusion import leaves_frame
+
+    assert torch.equal(out["mask"], m0 * (1 - torch.maximum(occ, leaves_frame(prior)))) and torch.equal(out["flow"], f0)
     inside = out["output"][..., 8:20, 10:30]
     assert torch.allclose(inside, (p_t + out["residual"])[..., 8:20, 10:30], atol=1e-6)
     assert (m0[..., 8:20, 10:30] > 0.1).all()  # the ungated mask would have taken the past there
@@ -272,6 +274,26 @@ def test_occlusion_gate_switches_the_past_off_where_the_test_fails():
         build_model(ModelConfig(nf=8, flow_prior="dis-medium", occlusion_gate="soft"))
     with pytest.raises(ValueError, match="needs model.arch=tdms"):
         build_model(ModelConfig(arch="lai", occlusion_gate="forward-backward"))
+
+
+def test_occlusion_gate_also_switches_off_where_the_prior_leaves_the_frame():
+    """Content entering the view: under a pan the forward-backward test passes (the clamped backward flow undoes the
+    forward one) but warp(O_{t-1}) has only the clamped border there; the gate switches the past off in that band."""
+    from tdms.config import ModelConfig
+    from tdms.flow.occlusion import leaves_frame, occlusion_mask
+    from tdms.nets.build import build_model
+
+    prior = torch.zeros(1, 2, 24, 32)
+    prior[:, 0] = -3.0  # every pixel of frame t came from 3 px to its left: columns 0-2 from outside
+    band = leaves_frame(prior)
+    assert band[..., :, :3].eq(1).all() and band[..., :, 3:].eq(0).all()
+    assert occlusion_mask(prior, -prior).sum() == 0  # the test alone sees nothing
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(nf=8, flow_prior="dis-medium", occlusion_gate="forward-backward"))
+    frames = [torch.rand(1, 3, 24, 32) for _ in range(4)]
+    with torch.no_grad():
+        mask = model.heads(*frames, prior, torch.zeros(1, 1, 24, 32))[0]
+    assert mask[..., :3].eq(0).all() and (mask[..., 3:] > 0).all()
 
 
 def test_occlusion_ramp_softens_the_switch():
