@@ -37,13 +37,13 @@ from tdms.evaluation.tradeoff import as_written, curve_of, margin, mean_curve
 from tdms.evaluation.video import means, score_frames
 from tdms.flow.cache import FlowCache
 from tdms.flow.dis import DISFlow
-from tdms.flow.occlusion import leaves_frame, occlusion_mask
+from tdms.flow.occlusion import occlusion_mask
 from tdms.flow.warp import warp
 from tdms.frames.io import FrameSource, frames_to_tensor, tensor_to_frame
 from tdms.frames.layout import entries, tasks_file
 from tdms.inference.recurrence import pad_to
 from tdms.nets.build import load_model
-from tdms.nets.tdms_net import compose, ramp
+from tdms.nets.tdms_net import compose, occlusion_gate
 
 NETWORK = ("network", "network×(1-occ)", "network×s", "network×(1-occ)×s")
 
@@ -76,7 +76,7 @@ def blend(i_frames, p_frames, pair, variant: str, a: float = 0.0, model=None, r:
             if model is None:
                 warped = warp(o_prev, bw[None])
                 if variant == "gate":
-                    m = a * (1 - ramp(torch.maximum(1 - visible, leaves_frame(bw[None])), r))
+                    m = a * occlusion_gate(1 - visible, bw[None], r)
                 else:
                     m = a * visible * (factor(p_t, warped, visible) if variant == "occlusion+frame" else 1.0)
                 o_t = m * warped + (1 - m) * p_t

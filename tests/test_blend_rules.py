@@ -28,5 +28,5 @@ def test_the_occlusion_rule_without_occlusion_is_the_blend(lai_root, capsys, mon
     monkeypatch.setattr(module, "occlusion_mask", lambda fw, bw: torch.zeros_like(fw[:, :1]))
     assert margins(module, lai_root, capsys)["occlusion a=0.5"] == 0.0
     # the gate rule: with neither occlusion nor a flow leaving the frame it is the blend too
-    monkeypatch.setattr(module, "leaves_frame", lambda flow: torch.zeros_like(flow[:, :1]))
+    monkeypatch.setattr("tdms.nets.tdms_net.leaves_frame", lambda flow: torch.zeros_like(flow[:, :1]))
     assert margins(module, lai_root, capsys)["gate a=0.5"] == 0.0

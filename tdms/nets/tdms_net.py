@@ -150,9 +150,8 @@ class TDMSNet(nn.Module):
         m = self._head_blocks(self.ResBlocks_w, e3)
         m = self.deconv2_w(self.deconv1_w(m))
         mask = torch.sigmoid(self.deconv3_w(m))
-        if occlusion is not None:  # the gate: the past is switched off where F° fails the test or leaves the frame
-            missing = torch.maximum(occlusion.float(), leaves_frame(prior))
-            mask = mask * (1 - ramp(missing, self.occlusion_ramp)).to(mask.dtype)
+        if occlusion is not None:
+            mask = mask * occlusion_gate(occlusion, prior, self.occlusion_ramp).to(mask.dtype)
 
         f = self._head_blocks(self.ResBlocks_f, e3)
         f = self.deconv2_f(self.deconv1_f(f))
@@ -166,6 +165,12 @@ class TDMSNet(nn.Module):
         mask, flow, residual = self.heads(i_prev, i_t, o_prev, p_t, prior, occlusion)
         output, warped = compose(mask, flow, residual, o_prev, p_t, self.residual_gate)
         return {"output": output, "mask": mask, "flow": flow, "residual": residual, "warped": warped}
+
+
+def occlusion_gate(occlusion: torch.Tensor, prior: torch.Tensor, r: int) -> torch.Tensor:
+    """The gate's factor on the mask (B,1,H,W) fp32: 1 - ramp(occ_t ∪ where F° = `prior` leaves the frame, r), so the
+    past is switched off where F° fails the forward-backward test or has only the clamped border to sample."""
+    return 1 - ramp(torch.maximum(occlusion.float(), leaves_frame(prior.float())), r)
 
 
 def ramp(occlusion: torch.Tensor, r: int) -> torch.Tensor:
