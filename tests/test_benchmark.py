@@ -123,6 +123,8 @@ def test_conv_macs_counts_each_tap():
 
     with_prior = TDMSNet(nf=8, prior_flow=DISFlow("fast"))  # the same convolutions; DIS is not counted
     assert conv_macs(with_prior, 32, 40) == conv_macs(net, 32, 40)
+    gated = TDMSNet(nf=8, prior_flow=DISFlow("fast"), occlusion_gate="forward-backward", occlusion_ramp=4)
+    assert conv_macs(gated, 32, 40) == conv_macs(net, 32, 40)  # (the shipped network: the gate's DIS is skipped)
 
 
 def test_peak_matmul_is_measured():

@@ -55,10 +55,15 @@ def conv_macs_by_layer(model: nn.Module, h: int, w: int) -> dict[str, int]:
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, UpsampleConvLayer)):
                 m.register_forward_hook(functools.partial(hook, name))
     x = torch.zeros(1, 3, h, w, device="meta")
-    # a flow prior (DIS) is not a convolution and cannot run on meta tensors: a given zero prior skips it
-    prior = {"prior": torch.zeros(1, 2, h, w, device="meta")} if getattr(model, "flow_prior", False) else {}
+    # a flow prior (DIS) and the occlusion gate's second DIS call are not convolutions and cannot run on meta
+    # tensors: a given zero prior and occlusion skip them
+    given = {}
+    if getattr(model, "flow_prior", False):
+        given["prior"] = torch.zeros(1, 2, h, w, device="meta")
+    if getattr(model, "occlusion_gate", "none") != "none":
+        given["occlusion"] = torch.zeros(1, 1, h, w, device="meta")
     with torch.inference_mode():
-        meta(x, x, x, x, **prior)
+        meta(x, x, x, x, **given)
     return macs
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from tdms.errors import UserError
-from tdms.nets.layers import NORMS, ColumnConvLayer, ConvLayer, ResidualBlock, UpsampleConvLayer
+from tdms.nets.layers import NORMS, ColumnConvLayer, ConvLayer, ResidualBlock, ResidualChain, UpsampleConvLayer
 
 State = tuple[torch.Tensor, torch.Tensor]  # (hidden, cell), each (B,4nf,H/4,W/4)
 
@@ -59,7 +59,7 @@ class LaiNet(nn.Module):
         self.conv2a = conv(nf, nf * 2, 3, 2)
         self.conv2b = conv(nf, nf * 2, 3, 2)
         self.conv3 = conv(nf * 4, nf * 4, 3, 2)
-        self.ResBlocks = nn.Sequential(*[ResidualBlock(nf * 4, norm, q) for _ in range(blocks)])
+        self.ResBlocks = ResidualChain(*[ResidualBlock(nf * 4, norm, q) for _ in range(blocks)])
         self.convlstm = ConvLSTM(nf * 4)
         self.deconv1 = UpsampleConvLayer(nf * 4, nf * 2, 3, 1, norm, q)
         self.deconv2 = UpsampleConvLayer(nf * 4, nf, 3, 1, norm, q)  # 2nf upsampled + 2nf skip (E2a)

@@ -17,7 +17,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn as nn
 
-from tdms.nets.prepacked import SLOPE, derived, fast, padded, padded_conv
+from tdms.nets.prepacked import SLOPE, conv_call, derived, fast, fill_border, packed, padded, padded_conv
 
 NORMS = ("none", "instance")
 
@@ -65,10 +65,7 @@ class ConvLayer(nn.Module):
         if fast(self, parts, conv.weight):
             p = conv.kernel_size[0] // 2
             fuse_add = add is not None and not self.act and add.dtype == conv.weight.dtype
-            x, pad, mode = cat(parts), (p, p), "reflect"
-            if conv.stride != (1, 1):  # (padded's docstring says why)
-                x, pad, mode = padded(parts, p, p), (0, 0), "zeros"
-            y = padded_conv(self.packs, x, conv.weight, conv.bias, pad, conv.stride, mode, self.act,
+            y = padded_conv(self.packs, parts, conv.weight, conv.bias, (p, p), conv.stride, "reflect", self.act,
                             add if fuse_add else None)
             return y if add is None or fuse_add else y + add
         x = cat(parts)
@@ -165,9 +162,9 @@ class ColumnConvLayer(ConvLayer):
         weight = self.conv2d.weight
         cols = weight.permute(3, 0, 1, 2).reshape(k * weight.shape[0], -1, k, 1)  # channel d·C + c: column d's share
         if fast(self, parts, weight):  # the shift and sum as a 1×k conv of the shares, their columns reflected
-            z = padded_conv(self.packs, cat(parts), cols, None, (k // 2, 0), name="cols")
+            z = padded_conv(self.packs, parts, cols, None, (k // 2, 0), name="cols")
             pick = derived(self.packs, "pick", weight.dtype, lambda: pick_shares(weight.shape[0], k, weight.dtype))
-            out = padded_conv(self.packs, z, pick, self.conv2d.bias, (0, k // 2), name="pick")
+            out = padded_conv(self.packs, (z,), pick, self.conv2d.bias, (0, k // 2), name="pick")
             return leaky(out, self.act)  # (no norm on this path)
         else:
             x = cat(parts)
@@ -188,6 +185,15 @@ def interleave(y: torch.Tensor, cout: int, h: int, w: int, offsets) -> torch.Ten
     """The (B, cout, 2h, 2w) image whose phase p = (a, b) (pixels (2i + a, 2j + b)) is y's channels
     p·cout .. (p+1)·cout - 1 at pixels (i + offsets[p][0], j + offsets[p][1])."""
     out = torch.empty((y.shape[0], cout, 2 * h, 2 * w), dtype=y.dtype, device=y.device, memory_format=memory_format(y))
+    if memory_format(y) == torch.channels_last and len(set(offsets)) == 1:
+        # one offset: in NHWC memory y is (n, i, j, a, b, c) and out is (n, i, a, j, b, c), so one strided copy
+        # moves all four phases, two phases' channels at a time (1.6× faster than four copies)
+        (dy, dx), (sn, _, sh, sw) = offsets[0], y.stride()
+        src = y.as_strided((y.shape[0], h, 2, w, 2, cout), (sn, sh, 2 * cout, sw, cout, 1),
+                           y.storage_offset() + dy * sh + dx * sw)
+        on, _, oh, ow = out.stride()
+        out.as_strided((y.shape[0], h, 2, w, 2, cout), (on, 2 * oh, oh, 2 * ow, ow, 1)).copy_(src)
+        return out
     for p, ((a, b), (dy, dx)) in enumerate(zip(PHASES, offsets, strict=True)):
         out[:, :, a::2, b::2] = y[:, p * cout:(p + 1) * cout, dy:dy + h, dx:dx + w]
     return out
@@ -224,7 +230,7 @@ class UpsampleConvLayer(ConvLayer):
         fused = fast(self, parts, weight)
         if fused:  # the phases and the leaky ReLU in one call on the replicate-padded input
             phased, bias4 = derived(self.packs, "phased", weight.dtype, lambda: (self.phased(), bias.repeat(4)))
-            y = padded_conv(self.packs, cat(parts), phased, bias4, (1, 1), mode="replicate", act=self.act)
+            y = padded_conv(self.packs, parts, phased, bias4, (1, 1), mode="replicate", act=self.act)
         else:
             x = cat(parts)
             with own_dtype(x):  # replicate padding by 1, as edge copies: inductor's replication_pad2d_backward
@@ -262,7 +268,7 @@ class TransposedConv(nn.ConvTranspose2d):
         phased, bias4 = derived(self.packs, "phased", self.weight.dtype, lambda: (torch.einsum(
             "ayk,iokl,bxl->aboiyx", torch.tensor(TRANSPOSED_TAPS, dtype=self.weight.dtype), self.weight,
             torch.tensor(TRANSPOSED_TAPS, dtype=self.weight.dtype)).flatten(0, 2), self.bias.repeat(4)))
-        y = padded_conv(self.packs, x, phased, bias4, (1, 1), mode="zeros", act=self.act)
+        y = padded_conv(self.packs, (x,), phased, bias4, (1, 1), mode="zeros", act=self.act)
         return interleave(y, self.out_channels, *x.shape[-2:], [(1, 1)] * 4)  # zero padding 1 shifts y by one
 
 
@@ -276,3 +282,34 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x):
         return self.conv2(self.conv1(x), add=x)
+
+    def framed(self, a: torch.Tensor) -> torch.Tensor:
+        """The prepacked path in a frame (ResidualChain): `a` is x reflection-padded by 1 (channels_last); returns
+        the block's output reflection-padded by 1. Each conv runs zero-padded on the padded tensor: its output is
+        one pixel larger each side than x, the inside is the conv of the reflection-padded x, and its one-pixel
+        frame (which read zeros) is written over with the reflection of the inside (prepacked.fill_border)."""
+        c1, c2 = self.conv1.conv2d, self.conv2.conv2d
+        y = conv_call(a, packed(self.conv1.packs, "framed", c1.weight, a.shape, (1, 1)), c1.bias, (1, 1), (1, 1),
+                      True)
+        y = fill_border(y, 1, 1)
+        out = conv_call(y, packed(self.conv2.packs, "framed", c2.weight, y.shape, (1, 1)), c2.bias, (1, 1), (1, 1),
+                        False, a)
+        return fill_border(out, 1, 1)
+
+
+class ResidualChain(nn.Sequential):
+    """Residual blocks one after another (an nn.Sequential: the state dict's names are the same).
+
+    Prepacked on CPU the chain runs in a frame: x is reflection-padded once, and each block passes the next one its
+    output already padded (ResidualBlock.framed), instead of each conv recomputing its border rows and columns from
+    strips of its input (4 small convs a layer: a tenth of the blocks' time at 854×480 in bf16). The frame costs a
+    conv 2.6 % more pixels at 854×480 (122·216 against 120·214)."""
+
+    def forward(self, x):
+        first = self[0].conv1 if len(self) else None
+        if first is None or not fast(first, (x,), first.conv2d.weight) or min(x.shape[-2:]) < 2:
+            return super().forward(x)
+        a = padded((x,), 1, 1)
+        for block in self:
+            a = block.framed(a)
+        return a[:, :, 1:-1, 1:-1].contiguous(memory_format=torch.channels_last)

@@ -83,26 +83,43 @@ def edges(n: int, k: int, stride: int, pad: int) -> list[tuple[int, int]]:
     return [r for r in ((0, top), (bottom, out_n)) if r[1] > r[0]]
 
 
-def padded(parts, rows: int, cols: int) -> torch.Tensor:
-    """The channel concatenation of `parts` reflection-padded by `rows` above and below and `cols` left and right,
-    as F.pad computes it: one copy of the parts into a new channels_last tensor. For strided convs: oneDNN (3.x,
-    bf16) computes a strided conv of a strip a few pixels wide wrongly, so padded_conv's border strips are not used
-    there. Not kept from call to call: three such buffers (133 MB each at 1920×1080 in bf16) held for the whole run
-    sat between the activations of the first frame in the heap, and with freed memory kept mapped
-    (devices.keep_freed_memory) a temporary is served from memory already mapped anyway."""
+def padded(parts, rows: int, cols: int, mode: str = "reflect") -> torch.Tensor:
+    """The channel concatenation of `parts` padded by `rows` above and below and `cols` left and right as F.pad
+    computes it (mode reflect, replicate or zeros): one copy of the parts into a new channels_last tensor, the cat's
+    own copy when there are several parts. Not kept from call to call: three such buffers (133 MB each at 1920×1080
+    in bf16) held for the whole run sat between the activations of the first frame in the heap, and with freed
+    memory kept mapped (devices.keep_freed_memory) a temporary is served from memory already mapped anyway."""
     n, _, h, w = parts[0].shape
     shape = (n, sum(p.shape[1] for p in parts), h + 2 * rows, w + 2 * cols)
     buf = torch.empty(shape, dtype=parts[0].dtype, memory_format=torch.channels_last)
     c = 0
     for p in parts:
-        buf[:, c:c + p.shape[1], rows:rows + h, cols:cols + w] = p
+        buf[:, :, rows:rows + h, cols:cols + w].narrow(1, c, p.shape[1]).copy_(p)
         c += p.shape[1]
-    for i in range(rows):  # padded row rows-1-i is source row i+1; then the columns, over whole rows
-        buf[:, :, rows - 1 - i] = buf[:, :, rows + 1 + i]
-        buf[:, :, rows + h + i] = buf[:, :, rows + h - 2 - i]
+    return fill_border(buf, rows, cols, mode)
+
+
+def fill_border(buf: torch.Tensor, rows: int, cols: int, mode: str = "reflect") -> torch.Tensor:
+    """Overwrite, in place, the `rows` top and bottom rows and `cols` left and right columns of `buf` with the
+    padding (reflect, replicate or zeros) of its interior, as F.pad makes it; returns buf. The rows first, then
+    the columns over whole rows, which also fills the corners right."""
+    h, w = buf.shape[-2] - 2 * rows, buf.shape[-1] - 2 * cols
+    for i in range(rows):  # padded row rows-1-i copies interior row i+1 (reflect) or 0 (replicate)
+        if mode == "zeros":
+            buf[:, :, i].zero_()
+            buf[:, :, rows + h + i].zero_()
+        else:
+            top, bottom = (rows + 1 + i, rows + h - 2 - i) if mode == "reflect" else (rows, rows + h - 1)
+            buf[:, :, rows - 1 - i] = buf[:, :, top]
+            buf[:, :, rows + h + i] = buf[:, :, bottom]
     for i in range(cols):
-        buf[..., cols - 1 - i] = buf[..., cols + 1 + i]
-        buf[..., cols + w + i] = buf[..., cols + w - 2 - i]
+        if mode == "zeros":
+            buf[..., i].zero_()
+            buf[..., cols + w + i].zero_()
+        else:
+            left, right = (cols + 1 + i, cols + w - 2 - i) if mode == "reflect" else (cols, cols + w - 1)
+            buf[..., cols - 1 - i] = buf[..., left]
+            buf[..., cols + w + i] = buf[..., right]
     return buf
 
 
@@ -116,13 +133,22 @@ def conv_call(x, weight, bias, pad, stride, act: bool, add=None) -> torch.Tensor
                                       [SLOPE] if act else [], "")
 
 
-def padded_conv(packs: dict, x, weight, bias, pad, stride=(1, 1), mode: str = "reflect", act: bool = False,
+def padded_conv(packs: dict, parts, weight, bias, pad, stride=(1, 1), mode: str = "reflect", act: bool = False,
                 add=None, name: str = "w") -> torch.Tensor:
     """conv2d(F.pad(x, (pad[1],) * 2 + (pad[0],) * 2, mode), weight, bias, stride), then the leaky ReLU (act) or
-    + add (oneDNN post-ops); x channels_last. No padded copy of x is made: oneDNN runs the conv zero-padded (also
-    ~1.4× faster than its unpadded conv of a padded copy), and the output rows and columns that read the padding
-    are recomputed from thin strips of the padded input and written over. mode "zeros": the zero-padded conv."""
+    + add (oneDNN post-ops), x the channel concatenation of `parts` (channels_last).
+
+    Several parts, or a stride: the parts are copied once into a padded buffer (the concatenation's copy, which
+    pads at no extra cost) and oneDNN runs the conv unpadded on it; a strided conv must, as oneDNN (3.x, bf16)
+    computes a strided conv of a strip a few pixels wide wrongly. One part, stride 1: no copy of x is made; oneDNN
+    runs the conv zero-padded and the output rows and columns that read the padding are recomputed from thin
+    strips of the padded input and written over (mode "zeros": the zero-padded conv alone)."""
     (ph, pw), (sh, sw), (kh, kw) = pad, stride, weight.shape[-2:]
+    if len(parts) > 1 or stride != (1, 1):
+        x = padded(parts, ph, pw, mode)
+        return conv_call(x, packed(packs, name + " padded", weight, x.shape, (0, 0), stride), bias, (0, 0), stride,
+                         act, add)
+    (x,) = parts
     n, _, h, w = x.shape
     out = conv_call(x, packed(packs, name, weight, x.shape, pad, stride), bias, pad, stride, act, add)
     if mode == "zeros":

@@ -34,7 +34,15 @@ import torch.nn.functional as F
 from tdms.errors import UserError
 from tdms.flow.occlusion import leaves_frame, occlusion_mask
 from tdms.flow.warp import warp
-from tdms.nets.layers import NORMS, ColumnConvLayer, ConvLayer, ResidualBlock, TransposedConv, UpsampleConvLayer
+from tdms.nets.layers import (
+    NORMS,
+    ColumnConvLayer,
+    ConvLayer,
+    ResidualBlock,
+    ResidualChain,
+    TransposedConv,
+    UpsampleConvLayer,
+)
 
 FLOW_SCALE = 20.0  # the flow head's output is multiplied by 20 (pixels)
 GATES = ("none", "difference")
@@ -73,7 +81,7 @@ class TDMSNet(nn.Module):
             return ConvLayer(cin, cout, k, stride, norm, q, act=True)
 
         def blocks(n):
-            return nn.Sequential(*[ResidualBlock(nf * 4, norm, q) for _ in range(n)])
+            return ResidualChain(*[ResidualBlock(nf * 4, norm, q) for _ in range(n)])
 
         def transposed(cin, cout):
             return TransposedConv(cin, cout, act=True)

@@ -11,6 +11,7 @@ from tdms.nets.layers import (
     ColumnConvLayer,
     ConvLayer,
     ResidualBlock,
+    ResidualChain,
     TransposedConv,
     UpsampleConvLayer,
 )
@@ -30,6 +31,7 @@ LAYERS = {  # name: (layer, channels of each input part, input size)
     "upsample": (lambda: UpsampleConvLayer(32, 8, 3, act=True), (16, 16), (7, 9)),
     "transposed": (lambda: TransposedConv(16, 8, act=True), (16,), (7, 10)),
     "residual block": (lambda: ResidualBlock(16, "none", False), (16,), (9, 14)),
+    "residual chain": (lambda: ResidualChain(*[ResidualBlock(16, "none", False) for _ in range(3)]), (16,), (9, 14)),
 }
 
 
@@ -51,7 +53,7 @@ def test_prepacked_layer_is_the_plain_layer(name, dtype):
     make, channels, size = LAYERS[name]
     torch.manual_seed(0)
     layer = make()
-    if name == "residual block":  # a block adds x: keep its output in the same range as x
+    if name.startswith("residual"):  # a block adds x: keep its output in the same range as x
         for p in layer.parameters():
             p.data.mul_(0.3)
     parts = inputs(channels, size, dtype)
