@@ -80,8 +80,11 @@ def table(r: dict) -> str:
     row("achieved GFLOP/s", "{:.1f}".format, [s["achieved_gflops"] for s in sizes])
     row("matmul peak GFLOP/s (same dtype)", "{:.1f}".format, [s["peak_gflops"] for s in sizes])
     row("fraction of peak", "{:.2f}".format, [s["fraction_of_peak"] for s in sizes])
+    # measured in turns with the forward (kernels.paired_conv_ratio): medians of 7 rounds
     row("128-ch 3×3 conv GFLOP/s (same dtype)", "{:.1f}".format, [s["conv_gflops"] for s in sizes])
+    row("  forward GFLOP/s in the same turns", "{:.1f}".format, [s["paired_forward_gflops"] for s in sizes])
     row("forward / that conv rate", "{:.2f}".format, [s["fraction_of_conv"] for s in sizes])
+    row("fp32 128-ch 3×3 conv GFLOP/s", "{:.1f}".format, [s["fp32_conv_gflops"] for s in sizes])
     row("fp32 NHWC forward / fp32 conv rate", "{:.2f}".format, [s["fp32_fraction_of_conv"] for s in sizes])
     row("fp32 NHWC forward / fp32 matmul peak", "{:.2f}".format, [s["fp32_fraction_of_peak"] for s in sizes])
     row("peak memory (MB)", "{:.0f}".format, [s["peak_memory_mb"] for s in sizes])

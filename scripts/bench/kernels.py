@@ -5,6 +5,7 @@ import argparse
 import copy
 import functools
 import resource
+import statistics
 import time
 from pathlib import Path
 
@@ -154,23 +155,48 @@ def output_layer_routes(model, device: torch.device, h: int, w: int, amp: str, c
     return out
 
 
-def conv_gflops(device: torch.device, h: int, w: int, dtype: str, channels_last: bool, seconds: float = 2.0) -> float:
-    """GFLOP/s of one 128-channel 3×3 conv at the residual blocks' size (1×128×h/4×w/4) in `dtype`: the rate the
-    network's bulk could reach, to hold its whole forward against."""
+def reference_conv(device: torch.device, h: int, w: int, dtype: str, channels_last: bool):
+    """One 128-channel 3×3 conv at the residual blocks' size (1×128×h/4×w/4) in `dtype` (torch's own conv, the
+    rate the network's bulk could reach, to hold its whole forward against): (run, FLOPs of one run)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     dt = AMP[dtype] or torch.float32
     conv = nn.Conv2d(128, 128, 3, padding=1).to(device, dt, memory_format=fmt).eval()
     x = torch.rand(1, 128, h // 4, w // 4, device=device).to(dt).contiguous(memory_format=fmt)
+    return (lambda: conv(x)), 2 * 128 * 128 * 9 * (h // 4) * (w // 4)
+
+
+def rate_for(run, flops: float, device: torch.device, seconds: float) -> float:
+    """GFLOP/s of `run` (doing `flops`) repeated for about `seconds` (at least once)."""
+    count, start = 0, time.perf_counter()
+    while count == 0 or time.perf_counter() - start < seconds:
+        run()
+        count += 1
+    sync(device)
+    return flops * count / (time.perf_counter() - start) / 1e9
+
+
+def paired_conv_ratio(forward, forward_flops: float, device: torch.device, h: int, w: int, dtype: str,
+                      channels_last: bool, rounds: int = 7) -> dict:
+    """The forward's GFLOP/s against reference_conv's, measured in turns: each round times one `forward()` and then
+    the conv for as long, and the ratio is the median of the rounds' ratios. This machine's speed moves by 2-3×
+    within seconds (other tenants), so rates taken minutes apart would compare two different machines.
+    Returns conv_gflops and forward_gflops (medians of the rounds) and ratio."""
+    run, flops = reference_conv(device, h, w, dtype, channels_last)
+    conv, fwd, ratios = [], [], []
     with torch.inference_mode():
         for _ in range(3):
-            conv(x)
-        sync(device)
-        count, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            conv(x)
-            count += 1
-        sync(device)
-    return 2 * 128 * 128 * 9 * (h // 4) * (w // 4) * count / (time.perf_counter() - start) / 1e9
+            run()
+        forward()
+        for _ in range(rounds):
+            start = time.perf_counter()
+            forward()
+            sync(device)
+            took = time.perf_counter() - start
+            fwd.append(forward_flops / took / 1e9)
+            conv.append(rate_for(run, flops, device, took))
+            ratios.append(fwd[-1] / conv[-1])
+    return {"conv_gflops": statistics.median(conv), "forward_gflops": statistics.median(fwd),
+            "ratio": statistics.median(ratios)}
 
 
 def make_clip(input_dir: Path, processed_dir: Path, frames: int, h: int, w: int, seed: int = 0):

@@ -10,6 +10,8 @@ Per frame size (default 854×480 and 1280×720), `frames` timed frames each (def
   batched_fps           dataset mode, `batch_videos` videos a batch, end to end; batched_forward_fps: network only
   gmac_per_frame, achieved_gflops, peak_gflops (matmul in the config's dtype), fraction_of_peak; the fp32_* keys
   hold the fp32 channels_last forward against the fp32 matmul peak (the CPU roofline)
+  conv_gflops, paired_forward_gflops, fraction_of_conv (and fp32_*): the forward against one 128-channel 3×3 conv at
+                        the residual blocks' size, timed in turns with it (kernels.paired_conv_ratio)
   peak_memory_mb        CPU: the process's peak RSS so far; CUDA: max_memory_allocated during this size
   output_layers         per narrow output layer: ms forward and forward+backward by the plain conv and by
                         columns (ColumnConvLayer's CPU route), and the largest difference of their outputs
@@ -28,18 +30,18 @@ import cv2
 import numpy as np
 import torch
 from kernels import (
-    conv_gflops,
     conv_macs,
     device_name,
     make_clip,
     output_layer_routes,
+    paired_conv_ratio,
     peak_matmul_gflops,
     peak_memory_mb,
     reset_peak_memory,
     timed,
 )
 
-from tdms.devices import cpu_info
+from tdms.devices import cpu_info, keep_freed_memory
 from tdms.frames.io import open_pair, prefetch
 from tdms.frames.outputs import process_video
 from tdms.inference.across_videos import Target, Video, batched_frames, write_outputs
@@ -150,6 +152,15 @@ def default_run(model, device: torch.device, clip: Path, out: Path) -> dict:
             "default_fps": fps, "sys_time_fraction": system / max(user + system, 1e-9)}
 
 
+def conv_ratio(model, device: torch.device, h: int, w: int, gmac: float, amp: str, channels_last: bool,
+               cuda_graph: bool) -> dict:
+    """The forward in `amp` against the 128-channel conv rate, measured in turns (kernels.paired_conv_ratio)."""
+    step = make_step(model, device, amp, channels_last, cuda_graph=cuda_graph)
+    x = [pad_to(torch.rand(1, 3, h, w, device=device))[0] for _ in range(4)]
+    hp, wp = x[0].shape[-2:]
+    return paired_conv_ratio(lambda: step(*x), 2 * gmac * 1e9, device, hp, wp, amp, channels_last)
+
+
 def profile_table(step, device: torch.device, h: int, w: int, rows: int = 12) -> list[dict]:
     """Self CPU time per op of one forward (after a warm-up), most first: where a frame's time goes."""
     from torch.profiler import ProfilerActivity, profile
@@ -215,10 +226,10 @@ def measure_size(model, device: torch.device, h: int, w: int, frames: int, batch
     r["fp32_fraction_of_peak"] = r["fp32_achieved_gflops"] / r["fp32_peak_gflops"]
     log(f"{w}×{h}: the default path (tdms-test without flags), the 128-channel conv rate")
     r.update(default_run(model, device, clips[0], workdir / f"{w}x{h}" / "default"))
-    r["conv_gflops"] = conv_gflops(device, hp, wp, dtype, bool(channels_last))
-    r["fraction_of_conv"] = r["achieved_gflops"] / r["conv_gflops"]
-    r["fp32_conv_gflops"] = conv_gflops(device, hp, wp, "fp32", True)
-    r["fp32_fraction_of_conv"] = r["fp32_achieved_gflops"] / r["fp32_conv_gflops"]
+    for key, amp, cl in (("", dtype, bool(channels_last)), ("fp32_", "fp32", True)):  # the forward's and fp32's
+        paired = conv_ratio(model, device, h, w, gmac, amp, cl, cuda_graph)
+        r[f"{key}conv_gflops"], r[f"{key}paired_forward_gflops"] = paired["conv_gflops"], paired["forward_gflops"]
+        r[f"{key}fraction_of_conv"] = paired["ratio"]
     if profile:
         log(f"{w}×{h}: profile of one forward")
         r["profile"] = profile_table(step, device, h, w)
@@ -245,6 +256,8 @@ def run(sizes: list[tuple[int, int]], frames: int, device: torch.device, workdir
     device-wide ones; "sizes" holds every size's."""
     from tdms.nets.build import load_model
 
+    if device.type == "cpu":  # as tdms-test does before its first frame (tdms.devices says why), so that every
+        keep_freed_memory()  # forward here runs as tdms-test runs it, not only the default_run figures
     model = load_model(checkpoint, device) if checkpoint else TDMSNet().to(device).eval()
     peaks: dict[str, float] = {}
 

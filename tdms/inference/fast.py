@@ -4,11 +4,11 @@
     o_t, state = step(i_prev, i_t, o_prev, p_t, state)   # (B,3,H,W) on the device, H, W multiples of 4
 
 O_t comes back in fp32 whatever `amp` is. With bf16/fp16 TDMS-Net's heads (mask, flow, residual) run in a cast copy
-of the network (its two layers that read the frames read them unrounded: FRAME_LAYERS) and O_t = M·warp(O_{t-1}, F) +
-(1-M)·P_t + R is composed in fp32 (tdms_net.compose, as in TDMSNet.forward), so the recurrence carries O at full
-precision. (Autocast does the same on CUDA, but on CPU it runs reflection padding in fp32 and casts every layer's
-input twice, which costs more than bf16 saves.) Networks without separate heads (Lai et al.'s) and their `state`
-run under autocast.
+of the network (its two layers that read the frames read 8-bit frames exactly and O_{t-1} to about 16 bits:
+FRAME_LAYERS) and O_t = M·warp(O_{t-1}, F) + (1-M)·P_t + R is composed in fp32 (tdms_net.compose, as in
+TDMSNet.forward), so the recurrence carries O at full precision. (Autocast does the same on CUDA, but on CPU it runs
+reflection padding in fp32 and casts every layer's input twice, which costs more than bf16 saves.) Networks without
+separate heads (Lai et al.'s) and their `state` run under autocast.
 
 Tolerances against the plain fp32 NCHW forward (tests/inference/test_batched.py): channels_last and batching
 ≤ 1e-5; bf16 a mean absolute difference ≤ 5e-3 per frame. bf16 pays off on CPUs with AVX512-BF16/AMX
@@ -30,53 +30,75 @@ from tdms.nets.tdms_net import compose
 AMP = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-# TDMS-Net's layers that read the frames (cat(I_{t-1}, I_t), cat(O_{t-1}, P_t)): in a bf16/fp16 run they read the
-# frames at about 16 bits of mantissa (SplitFrames). With the frames rounded to bf16 (8 bits of mantissa) the
-# recurrence drifted from the fp32 one: over the 40 frames of pencilsketch on real/bikes_0 the outputs were 44.45 dB
-# apart (the three output layers in fp32 changed nothing: 44.45 dB).
-FRAME_LAYERS = ("conv1a", "conv1b")
+# TDMS-Net's layers that read the frames, cat(I_{t-1}, I_t) and cat(O_{t-1}, P_t), and which of their parts carry the
+# recurrence's own state: O_{t-1}, read at about 16 bits of mantissa (SplitFrames). With every frame rounded to bf16
+# (8 bits of mantissa) the recurrence drifted from the fp32 one with an earlier checkpoint: over the 40 frames of
+# pencilsketch on real/bikes_0 the outputs were 44.45 dB apart. The other parts are frames: 8-bit ones enter exactly.
+FRAME_LAYERS = {"conv1a": (), "conv1b": (0,)}
+FRAME_SCALE = 255.0  # an 8-bit frame's value k/255, times 255, is the integer k: exact in bf16 (0..256) and fp16
 
 
 class SplitFrames(nn.Module):
-    """`layer` (a ConvLayer) in `dtype` on fp32 input parts without rounding them to `dtype`: each part x is split
-    into hi = dtype(x) and lo = dtype(x - hi), and one conv of twice the input channels, its weight [W, W], sums
-    W*hi + W*lo = W*x to about 16 bits of mantissa (hi + lo represents x to 2^-16 relative). In fp32 instead these
-    7x7 convs of 6 channels at full resolution took a fifth of a bf16 frame; split, they run at the bf16 rate."""
+    """`layer` (a ConvLayer reading 3-channel frames) in `dtype` on fp32 parts, losing none of the precision that
+    feeds the recurrence:
+    - a frame part goes in as 255·x, read by its weights / 255: an 8-bit frame exactly (k/255 -> the integer k), any
+      other one rounded to `dtype` as any activation is;
+    - a part in `split` (O_{t-1}) goes in as hi = dtype(x) and lo = dtype(x - hi), both read by its weights, so that
+      W·hi + W·lo = W·x to about 16 bits of mantissa (hi + lo represents x to 2^-16 relative).
+    One conv then reads 3·(parts + len(split)) channels: 6 for cat(I_{t-1}, I_t), 9 for cat(O_{t-1}, P_t) (every
+    part split, 12 each, cost 1.5-2× as much; in fp32 these 7×7 convs at full resolution took a fifth of a bf16
+    frame). The scaled weights are made in fp32 from `layer`'s weights and rounded to `dtype` once."""
 
-    def __init__(self, layer: nn.Module, dtype: torch.dtype):
+    def __init__(self, layer: nn.Module, dtype: torch.dtype, split=()):
         super().__init__()
         conv = layer.conv2d
+        self.parts, self.split, self.dtype = conv.in_channels // 3, tuple(split), dtype
         self.layer = copy.deepcopy(layer)
-        self.layer.conv2d = nn.Conv2d(2 * conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride)
+        self.layer.conv2d = nn.Conv2d(3 * (self.parts + len(self.split)), conv.out_channels, conv.kernel_size,
+                                      conv.stride)
+        weight = conv.weight.detach().float()
+        per_part = [weight[:, 3 * j:3 * j + 3] * (1 if j in self.split else 1 / FRAME_SCALE)
+                    for j in range(self.parts)]
         with torch.no_grad():
-            self.layer.conv2d.weight.copy_(torch.cat([conv.weight, conv.weight], 1))
+            self.layer.conv2d.weight.copy_(torch.cat(per_part + [weight[:, 3 * j:3 * j + 3] for j in self.split], 1))
             self.layer.conv2d.bias.copy_(conv.bias)
         self.layer.to(dtype=dtype, memory_format=memory_format(conv.weight))
-        self.dtype = dtype
+        # 255 for the frame parts' channels, 1 for the split ones: the input's scale, channel by channel
+        scale = torch.tensor([1.0 if j in self.split else FRAME_SCALE for j in range(self.parts) for _ in range(3)])
+        self.register_buffer("scale", scale.view(1, -1, 1, 1), persistent=False)
+
+    def inputs(self, parts):
+        """(x, hi): the parts as one fp32 tensor in their own layout, frames scaled, and it in `dtype`."""
+        if len(parts) != self.parts or any(p.shape[1] != 3 for p in parts):
+            raise ValueError(f"SplitFrames reads {self.parts} 3-channel parts, got {[tuple(p.shape) for p in parts]}")
+        x = torch.cat([p.float() for p in parts], 1).mul_(self.scale)
+        return x, x.to(self.dtype)
+
+    def lo(self, x, hi):
+        """dtype(x - hi) of the split parts' channels."""
+        return [(x[:, 3 * j:3 * j + 3] - hi[:, 3 * j:3 * j + 3]).to(self.dtype) for j in self.split]
 
     def forward(self, *parts):
         layer, conv = self.layer, self.layer.conv2d
         if layer.packs is not None and not torch.is_grad_enabled() and parts[0].device.type == "cpu" \
                 and conv.stride == (1, 1) and min(parts[0].shape[-2:]) > conv.kernel_size[0] // 2:
             return self.prepacked(parts)
-        hi = [p.to(self.dtype) for p in parts]
-        lo = [(p.float() - h.float()).to(self.dtype) for p, h in zip(parts, hi, strict=True)]
-        return layer(*hi, *lo)
+        x, hi = self.inputs(parts)
+        return layer(hi.contiguous(memory_format=memory_format(parts[0])), *self.lo(x, hi))
 
     def prepacked(self, parts) -> torch.Tensor:
-        """The prepacked path (nets/prepacked.py): hi and lo are computed in the parts' own layout (NCHW from the
-        recurrence: whole planes) and copied once, all channels together, into a reflection-padded channels_last
-        buffer on which oneDNN runs the conv unpadded. (Written per part into the buffer's 3-of-12-channel slices, the
-        copies were strided gathers, 2.8× slower; on a channels_last copy of the frames and separate padded copies,
-        the layer read and wrote frame-sized tensors 26 times a frame.)"""
+        """The prepacked path (nets/prepacked.py): the scaled parts and lo are computed in the parts' own layout
+        (NCHW from the recurrence: whole planes) and copied once, all channels together, into a reflection-padded
+        channels_last buffer on which oneDNN runs the conv unpadded. (Written part by part into the buffer's
+        3-channel slices, the copies were strided gathers, 2.8× slower; on a channels_last copy of the frames and
+        separate padded copies, the layer read and wrote frame-sized tensors 26 times a frame.)"""
         layer, conv = self.layer, self.layer.conv2d
         p = conv.kernel_size[0] // 2
         n, _, h, w = parts[0].shape
-        x = torch.cat([x.float() for x in parts], 1)
-        hi = x.to(self.dtype)
-        buf = torch.empty((n, 2 * x.shape[1], h + 2 * p, w + 2 * p), dtype=self.dtype,
+        x, hi = self.inputs(parts)
+        buf = torch.empty((n, conv.in_channels, h + 2 * p, w + 2 * p), dtype=self.dtype,
                           memory_format=torch.channels_last)
-        buf[:, :, p:p + h, p:p + w] = torch.cat([hi, (x - hi).to(self.dtype)], 1)
+        buf[:, :, p:p + h, p:p + w] = torch.cat([hi, *self.lo(x, hi)], 1)
         fill_border(buf, p, p)
         weight = packed(layer.packs, "split", conv.weight, buf.shape)
         return conv_call(buf, weight, conv.bias, (0, 0), (1, 1), layer.act)
@@ -87,15 +109,16 @@ class Step(nn.Module):
 
     def __init__(self, net: nn.Module, dtype: torch.dtype | None, channels_last: bool, device_type: str):
         super().__init__()
+        model = net
         self.dtype, self.device_type = dtype, device_type
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.split = dtype is not None and hasattr(net, "heads")  # heads in dtype, composition in fp32
         if self.split or channels_last:  # a copy: the caller's model keeps its weights
             net = copy.deepcopy(net).to(dtype=dtype if self.split else None, memory_format=self.memory_format)
         if self.split:
-            for name in FRAME_LAYERS:
-                if hasattr(net, name):
-                    setattr(net, name, SplitFrames(getattr(net, name), dtype))
+            for name, split in FRAME_LAYERS.items():
+                if hasattr(net, name):  # built from the fp32 layer: its frame weights / 255 are rounded once
+                    setattr(net, name, SplitFrames(getattr(model, name), dtype, split))
         self.prepacked = device_type == "cpu" and channels_last and can_prepack(dtype if self.split else torch.float32)
         if self.prepacked:
             prepack(net)  # the copy's weights are fixed: oneDNN's reordered weights are made once (nets/prepacked.py)
@@ -106,8 +129,8 @@ class Step(nn.Module):
 
     def forward(self, i_prev, i_t, o_prev, p_t, *state):
         if self.split:
-            # the frames go in fp32: the pre-alignment warps them in fp32, and FRAME_LAYERS read them unrounded
-            # (prepacked, FRAME_LAYERS read the frames in any layout: SplitFrames.prepacked)
+            # the frames go in fp32: the pre-alignment warps them in fp32, and FRAME_LAYERS read them as SplitFrames
+            # says (prepacked, in any layout: SplitFrames.prepacked)
             frames = [x.float() if self.prepacked else self.fmt(x, torch.float32) for x in (i_prev, i_t, o_prev, p_t)]
             mask, flow, residual = self.net.heads(*frames)
             gate = getattr(self.net, "residual_gate", "none")
