@@ -24,7 +24,7 @@ import torch.nn as nn
 from tdms.devices import keep_freed_memory
 from tdms.errors import UserError
 from tdms.nets.layers import memory_format
-from tdms.nets.prepacked import can_prepack, conv_call, fill_border, packed, prepack
+from tdms.nets.prepacked import can_prepack, conv_call, fill_border, frame_output, packed, prepack
 from tdms.nets.tdms_net import compose
 
 AMP = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -100,8 +100,9 @@ class SplitFrames(nn.Module):
                           memory_format=torch.channels_last)
         buf[:, :, p:p + h, p:p + w] = torch.cat([hi, *self.lo(x, hi)], 1)
         fill_border(buf, p, p)
-        weight = packed(layer.packs, "split", conv.weight, buf.shape)
-        return conv_call(buf, weight, conv.bias, (0, 0), (1, 1), layer.act)
+        f = layer.frame  # the output in a frame for the next conv (ConvLayer.frame): the conv zero-padded by it
+        weight = packed(layer.packs, f"split {f}", conv.weight, buf.shape, (f, f))
+        return frame_output(conv_call(buf, weight, conv.bias, (f, f), (1, 1), layer.act), f)
 
 
 class Step(nn.Module):

@@ -17,7 +17,19 @@ from contextlib import nullcontext
 import torch
 import torch.nn as nn
 
-from tdms.nets.prepacked import SLOPE, conv_call, derived, fast, fill_border, packed, padded, padded_conv
+from tdms.nets.prepacked import (
+    SLOPE,
+    conv_call,
+    derived,
+    fast,
+    fill_border,
+    frame_input,
+    frame_of,
+    frame_output,
+    packed,
+    padded,
+    padded_conv,
+)
 
 NORMS = ("none", "instance")
 
@@ -47,6 +59,11 @@ class ConvLayer(nn.Module):
     """
 
     packs = None  # prepack() makes it a dict: the fast CPU path's weights
+    # On the prepacked path, where the input is copied anyway (several parts, or a stride), the output comes out this
+    # many pixels larger each side, the extra frame the reflection of the inside, given as the inside's view
+    # (prepacked.framed): the next conv, if it pads by reflection as much, reads it with no padded copy. The network
+    # sets it where that is so (TDMSNet: conv1a, conv1b, conv3).
+    frame = 0
 
     def __init__(self, cin: int, cout: int, k: int, stride: int = 1, norm: str = "none", dead_norm: bool = False,
                  act: bool = False):
@@ -65,6 +82,10 @@ class ConvLayer(nn.Module):
         if fast(self, parts, conv.weight):
             p = conv.kernel_size[0] // 2
             fuse_add = add is not None and not self.act and add.dtype == conv.weight.dtype
+            if self.frame and (len(parts) > 1 or conv.stride != (1, 1)) and add is None:
+                x = frame_input(parts, p, conv.stride[0], self.frame)
+                weight = packed(self.packs, "framed", conv.weight, x.shape, (0, 0), conv.stride)
+                return frame_output(conv_call(x, weight, conv.bias, (0, 0), conv.stride, self.act), self.frame)
             y = padded_conv(self.packs, parts, conv.weight, conv.bias, (p, p), conv.stride, "reflect", self.act,
                             add if fuse_add else None)
             return y if add is None or fuse_add else y + add
@@ -309,7 +330,8 @@ class ResidualChain(nn.Sequential):
         first = self[0].conv1 if len(self) else None
         if first is None or not fast(first, (x,), first.conv2d.weight) or min(x.shape[-2:]) < 2:
             return super().forward(x)
-        a = padded((x,), 1, 1)
+        a = frame_of(x, 1)  # x given in its frame (prepacked.framed), or padded here
+        a = padded((x,), 1, 1) if a is None else a
         for block in self:
             a = block.framed(a)
         return a[:, :, 1:-1, 1:-1].contiguous(memory_format=torch.channels_last)

@@ -40,7 +40,35 @@ def fast(layer: nn.Module, parts, weight: torch.Tensor) -> bool:
     return (layer.packs is not None and not torch.is_grad_enabled() and x.device.type == "cpu" and x.dim() == 4
             and weight.dtype in (torch.float32, torch.bfloat16) and not getattr(layer, "apply_norm", False)
             and not torch.is_autocast_enabled("cpu")
-            and all(p.dtype == weight.dtype and p.is_contiguous(memory_format=torch.channels_last) for p in parts))
+            and all(p.dtype == weight.dtype and (p.is_contiguous(memory_format=torch.channels_last)
+                                                 or frame_of(p) is not None) for p in parts))
+
+
+def framed(buf: torch.Tensor, pad: int) -> torch.Tensor:
+    """The inside of `buf`, x reflection-padded by `pad` each side (channels_last), as a view of it that remembers
+    its frame: a conv that reads x so padded reads buf itself (padded_conv, ResidualChain), with no padded copy. To
+    everything else the view is x. (A layer's output given this way must not be written to in place.)"""
+    x = buf[:, :, pad:buf.shape[2] - pad, pad:buf.shape[3] - pad]
+    x.tdms_frame = (buf, pad)
+    return x
+
+
+def frame_of(x: torch.Tensor, pad: int | None = None):
+    """The reflection-padded buffer `x` is the inside of (framed), if it has one (of `pad` pixels, when given)."""
+    frame = getattr(x, "tdms_frame", None)
+    return frame[0] if frame is not None and pad in (None, frame[1]) else None
+
+
+def frame_input(parts, pad: int, stride: int, frame: int, mode: str = "reflect") -> torch.Tensor:
+    """A padded copy of the parts (padded) for a conv of `stride` whose output is to come out `frame` pixels larger
+    each side than the conv of the parts padded by `pad`: each output pixel of the frame needs `stride` more input."""
+    return padded(parts, pad + stride * frame, pad + stride * frame, mode)
+
+
+def frame_output(out: torch.Tensor, frame: int) -> torch.Tensor:
+    """A conv's output that came out `frame` pixels larger each side (its frame read zeros or padding): the frame
+    overwritten by the reflection of the inside, given as the inside's view (framed). frame 0: out as it is."""
+    return framed(fill_border(out, frame, frame), frame) if frame else out
 
 
 def derived(packs: dict, name: str, dtype: torch.dtype, make):
@@ -144,11 +172,12 @@ def padded_conv(packs: dict, parts, weight, bias, pad, stride=(1, 1), mode: str 
     runs the conv zero-padded and the output rows and columns that read the padding are recomputed from thin
     strips of the padded input and written over (mode "zeros": the zero-padded conv alone)."""
     (ph, pw), (sh, sw), (kh, kw) = pad, stride, weight.shape[-2:]
-    if len(parts) > 1 or stride != (1, 1):
-        x = padded(parts, ph, pw, mode)
+    given = frame_of(parts[0], ph) if len(parts) == 1 and ph == pw and mode == "reflect" else None
+    if given is not None or len(parts) > 1 or stride != (1, 1):
+        x = given if given is not None else padded(parts, ph, pw, mode)
         return conv_call(x, packed(packs, name + " padded", weight, x.shape, (0, 0), stride), bias, (0, 0), stride,
                          act, add)
-    (x,) = parts
+    x = parts[0].contiguous(memory_format=torch.channels_last)  # (a framed view of another pad: copied)
     n, _, h, w = x.shape
     out = conv_call(x, packed(packs, name, weight, x.shape, pad, stride), bias, pad, stride, act, add)
     if mode == "zeros":

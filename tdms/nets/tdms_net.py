@@ -91,6 +91,9 @@ class TDMSNet(nn.Module):
         self.conv2a = conv(nf, nf * 2, 3, 2)
         self.conv2b = conv(nf, nf * 2, 3, 2)
         self.conv3 = conv(nf * 4, nf * 4, 3, 2)
+        # prepacked on CPU, these give their outputs in a one-pixel reflection frame: conv2a, conv2b and the residual
+        # blocks pad their inputs so (ConvLayer.frame)
+        self.conv1a.frame = self.conv1b.frame = self.conv3.frame = 1
         self.ResBlocks = blocks(5)
         self.ResBlocks_w = blocks(2)
         self.ResBlocks_f = blocks(3)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from tdms.devices import native_bf16
 from tdms.inference.fast import Step
+from tdms.nets import layers, prepacked
 from tdms.nets.layers import (
     ColumnConvLayer,
     ConvLayer,
@@ -15,7 +16,7 @@ from tdms.nets.layers import (
     TransposedConv,
     UpsampleConvLayer,
 )
-from tdms.nets.prepacked import can_prepack, prepack
+from tdms.nets.prepacked import can_prepack, frame_of, prepack
 from tdms.nets.tdms_net import TDMSNet
 
 CL = torch.channels_last
@@ -139,3 +140,42 @@ def test_packs_hold_weights_only():
     assert layer.packs, "the prepacked path was not taken"
     held = [v for v in layer.packs.values() if isinstance(v, torch.Tensor) and v.numel() >= 16 * 40 * 60]
     assert not held, [tuple(v.shape) for v in held]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_framed_output_is_read_in_place_of_a_padded_copy(dtype, monkeypatch):
+    """A layer with `frame` gives its output as the inside of its reflection padding (prepacked.framed): the frame
+    is what F.pad makes of the output, and the next convs (stride 2, a residual chain) read it with the results
+    they give on the plain output."""
+    torch.manual_seed(0)
+    first = ConvLayer(16, 16, 3, 2, act=True)  # several parts and a stride: its input is copied anyway
+    first.frame = 1
+    second = ConvLayer(16, 8, 3, 2, act=True)
+    chain = ResidualChain(*[ResidualBlock(16, "none", False) for _ in range(2)])
+    for p in chain.parameters():
+        p.data.mul_(0.3)
+    first, second, chain = (prepack(m.to(dtype, memory_format=CL)) for m in (first, second, chain))
+    parts = inputs((8, 8), (26, 34), dtype)
+    with torch.inference_mode():
+        out = first(*parts)
+        buf = frame_of(out, 1)
+        assert buf is not None and out.shape == (1, 16, 13, 17)
+        torch.testing.assert_close(buf, F.pad(out.contiguous(), (1, 1, 1, 1), mode="reflect"), rtol=0, atol=0)
+        plain = out.contiguous(memory_format=CL)
+        assert frame_of(plain) is None
+        want = second(plain), chain(plain)
+        with monkeypatch.context() as m:  # given the frame, neither makes a padded copy
+            m.setattr(prepacked, "padded", lambda *a, **k: pytest.fail("a padded copy was made"))
+            m.setattr(layers, "padded", lambda *a, **k: pytest.fail("a padded copy was made"))
+            got = second(out), chain(out)
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "zeros"])
+def test_padded_is_the_concatenation_padded_as_f_pad_pads(mode):
+    parts = inputs((3, 5), (6, 9), torch.float32)
+    want = F.pad(torch.cat(parts, 1), (2, 2, 3, 3), mode="constant" if mode == "zeros" else mode)
+    got = prepacked.padded(parts, 3, 2, mode)
+    assert got.is_contiguous(memory_format=CL)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
