@@ -55,7 +55,7 @@ class SplitFrames(nn.Module):
         self.parts, self.split, self.dtype = conv.in_channels // 3, tuple(split), dtype
         self.layer = copy.deepcopy(layer)
         self.layer.conv2d = nn.Conv2d(3 * (self.parts + len(self.split)), conv.out_channels, conv.kernel_size,
-                                      conv.stride)
+                                      conv.stride, device=conv.weight.device)
         weight = conv.weight.detach().float()
         per_part = [weight[:, 3 * j:3 * j + 3] * (1 if j in self.split else 1 / FRAME_SCALE)
                     for j in range(self.parts)]
@@ -64,7 +64,8 @@ class SplitFrames(nn.Module):
             self.layer.conv2d.bias.copy_(conv.bias)
         self.layer.to(dtype=dtype, memory_format=memory_format(conv.weight))
         # 255 for the frame parts' channels, 1 for the split ones: the input's scale, channel by channel
-        scale = torch.tensor([1.0 if j in self.split else FRAME_SCALE for j in range(self.parts) for _ in range(3)])
+        scale = torch.tensor([1.0 if j in self.split else FRAME_SCALE for j in range(self.parts) for _ in range(3)],
+                             device=conv.weight.device)
         self.register_buffer("scale", scale.view(1, -1, 1, 1), persistent=False)
 
     def inputs(self, parts):
