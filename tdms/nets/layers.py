@@ -8,8 +8,9 @@ runs in the activations' own dtype under autocast. A layer takes its input as th
 concatenation (the network's skips) and may end in the network's leaky ReLU (`act`).
 
 Inference on CPU (`prepack`, which inference/fast.py applies to its own copy of a network): each layer runs as
-oneDNN convolutions on weights reordered once, with the leaky ReLU or the residual sum fused in, and without a
-padded copy of its input (nets/prepacked.py).
+oneDNN convolutions on weights reordered once, with the leaky ReLU or the residual sum fused in, and at most one copy
+of its input, padded (nets/prepacked.py: padded_conv); a residual chain passes its blocks their inputs already
+padded (ResidualChain), and a layer with `frame` gives the next one its output so (prepacked.framed).
 """
 
 from contextlib import nullcontext
@@ -26,6 +27,7 @@ from tdms.nets.prepacked import (
     frame_input,
     frame_of,
     frame_output,
+    framed,
     packed,
     padded,
     padded_conv,
@@ -202,11 +204,22 @@ PHASE_TAPS = ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.
 PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))
 
 
-def interleave(y: torch.Tensor, cout: int, h: int, w: int, offsets) -> torch.Tensor:
+def interleave(y: torch.Tensor, cout: int, h: int, w: int, offsets, frame: int = 0, mode: str = "zeros"):
     """The (B, cout, 2h, 2w) image whose phase p = (a, b) (pixels (2i + a, 2j + b)) is y's channels
-    p·cout .. (p+1)·cout - 1 at pixels (i + offsets[p][0], j + offsets[p][1])."""
+    p·cout .. (p+1)·cout - 1 at pixels (i + offsets[p][0], j + offsets[p][1]). With `frame` (y channels_last), it is
+    written inside a buffer `frame` pixels larger each side, padded in `mode`, and given as its framed view."""
+    if frame and memory_format(y) == torch.channels_last:
+        buf = torch.empty((y.shape[0], cout, 2 * h + 2 * frame, 2 * w + 2 * frame), dtype=y.dtype, device=y.device,
+                          memory_format=torch.channels_last)
+        interleave_into(buf[:, :, frame:frame + 2 * h, frame:frame + 2 * w], y, cout, h, w, offsets)
+        return framed(fill_border(buf, frame, frame, mode), frame, mode)
     out = torch.empty((y.shape[0], cout, 2 * h, 2 * w), dtype=y.dtype, device=y.device, memory_format=memory_format(y))
-    if memory_format(y) == torch.channels_last and len(set(offsets)) == 1:
+    return interleave_into(out, y, cout, h, w, offsets)
+
+
+def interleave_into(out: torch.Tensor, y: torch.Tensor, cout: int, h: int, w: int, offsets) -> torch.Tensor:
+    """interleave, written into `out` (B, cout, 2h, 2w); returns out."""
+    if memory_format(y) == torch.channels_last and len(set(offsets)) == 1 and out.stride(1) == 1:
         # one offset: in NHWC memory y is (n, i, j, a, b, c) and out is (n, i, a, j, b, c), so one strided copy
         # moves all four phases, two phases' channels at a time (1.6× faster than four copies)
         (dy, dx), (sn, _, sh, sw) = offsets[0], y.stride()
@@ -278,6 +291,7 @@ class TransposedConv(nn.ConvTranspose2d):
     """
 
     packs = None
+    frame = 0  # on the prepacked path, its output comes in a zero frame this wide (ConvLayer.frame; TDMSNet sets it)
 
     def __init__(self, cin: int, cout: int, act: bool = False):
         super().__init__(cin, cout, 3, stride=2, padding=1, output_padding=1)
@@ -290,7 +304,8 @@ class TransposedConv(nn.ConvTranspose2d):
             "ayk,iokl,bxl->aboiyx", torch.tensor(TRANSPOSED_TAPS, dtype=self.weight.dtype), self.weight,
             torch.tensor(TRANSPOSED_TAPS, dtype=self.weight.dtype)).flatten(0, 2), self.bias.repeat(4)))
         y = padded_conv(self.packs, (x,), phased, bias4, (1, 1), mode="zeros", act=self.act)
-        return interleave(y, self.out_channels, *x.shape[-2:], [(1, 1)] * 4)  # zero padding 1 shifts y by one
+        # (zero padding 1 shifts y by one)
+        return interleave(y, self.out_channels, *x.shape[-2:], [(1, 1)] * 4, self.frame, "zeros")
 
 
 class ResidualBlock(nn.Module):
@@ -324,7 +339,10 @@ class ResidualChain(nn.Sequential):
     Prepacked on CPU the chain runs in a frame: x is reflection-padded once, and each block passes the next one its
     output already padded (ResidualBlock.framed), instead of each conv recomputing its border rows and columns from
     strips of its input (4 small convs a layer: a tenth of the blocks' time at 854×480 in bf16). The frame costs a
-    conv 2.6 % more pixels at 854×480 (122·216 against 120·214)."""
+    conv 2.6 % more pixels at 854×480 (122·216 against 120·214). The output is given in its frame too
+    (prepacked.framed), padded in `frame_mode`, for the next layer to read as it pads (TDMSNet sets it)."""
+
+    frame_mode = "reflect"
 
     def forward(self, x):
         first = self[0].conv1 if len(self) else None
@@ -334,4 +352,6 @@ class ResidualChain(nn.Sequential):
         a = padded((x,), 1, 1) if a is None else a
         for block in self:
             a = block.framed(a)
-        return a[:, :, 1:-1, 1:-1].contiguous(memory_format=torch.channels_last)
+        if self.frame_mode != "reflect":
+            fill_border(a, 1, 1, self.frame_mode)
+        return framed(a, 1, self.frame_mode)

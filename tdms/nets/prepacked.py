@@ -1,5 +1,8 @@
 """The prepacked CPU path of the layers (nets/layers.py): oneDNN convolutions on weights reordered once into its
-blocked layout, with the leaky ReLU or a residual sum fused in, and reflection padding without a padded copy.
+blocked layout, with the leaky ReLU or a residual sum fused in, and no more copies of an activation than one,
+padded: an input of several parts is padded in the copy that concatenates them (padded), one part is read as it is
+(zero padding and the border recomputed from strips: padded_conv) or in the frame its producer left around it
+(framed).
 
 A layer takes it after `prepack(net)` (inference/fast.py applies it to its own copy of a network), with grad off,
 on channels_last fp32, or bf16 where the CPU computes it natively (AVX512-BF16/AMX); anything else takes the
@@ -41,22 +44,24 @@ def fast(layer: nn.Module, parts, weight: torch.Tensor) -> bool:
             and weight.dtype in (torch.float32, torch.bfloat16) and not getattr(layer, "apply_norm", False)
             and not torch.is_autocast_enabled("cpu")
             and all(p.dtype == weight.dtype and (p.is_contiguous(memory_format=torch.channels_last)
-                                                 or frame_of(p) is not None) for p in parts))
+                                                 or frame_of(p, mode=None) is not None) for p in parts))
 
 
-def framed(buf: torch.Tensor, pad: int) -> torch.Tensor:
-    """The inside of `buf`, x reflection-padded by `pad` each side (channels_last), as a view of it that remembers
-    its frame: a conv that reads x so padded reads buf itself (padded_conv, ResidualChain), with no padded copy. To
-    everything else the view is x. (A layer's output given this way must not be written to in place.)"""
+def framed(buf: torch.Tensor, pad: int, mode: str = "reflect") -> torch.Tensor:
+    """The inside of `buf`, x padded by `pad` each side as F.pad pads in `mode` (channels_last), as a view of it that
+    remembers its frame: a conv that reads x so padded reads buf itself (padded_conv, ResidualChain), with no padded
+    copy. To everything else the view is x. (A layer's output given this way must not be written to in place.)"""
     x = buf[:, :, pad:buf.shape[2] - pad, pad:buf.shape[3] - pad]
-    x.tdms_frame = (buf, pad)
+    x.tdms_frame = (buf, pad, mode)
     return x
 
 
-def frame_of(x: torch.Tensor, pad: int | None = None):
-    """The reflection-padded buffer `x` is the inside of (framed), if it has one (of `pad` pixels, when given)."""
+def frame_of(x: torch.Tensor, pad: int | None = None, mode: str | None = "reflect"):
+    """The padded buffer `x` is the inside of (framed), if it has one of `pad` pixels in `mode` (None: any)."""
     frame = getattr(x, "tdms_frame", None)
-    return frame[0] if frame is not None and pad in (None, frame[1]) else None
+    if frame is None or pad not in (None, frame[1]) or mode not in (None, frame[2]):
+        return None
+    return frame[0]
 
 
 def frame_input(parts, pad: int, stride: int, frame: int, mode: str = "reflect") -> torch.Tensor:
@@ -65,10 +70,10 @@ def frame_input(parts, pad: int, stride: int, frame: int, mode: str = "reflect")
     return padded(parts, pad + stride * frame, pad + stride * frame, mode)
 
 
-def frame_output(out: torch.Tensor, frame: int) -> torch.Tensor:
+def frame_output(out: torch.Tensor, frame: int, mode: str = "reflect") -> torch.Tensor:
     """A conv's output that came out `frame` pixels larger each side (its frame read zeros or padding): the frame
-    overwritten by the reflection of the inside, given as the inside's view (framed). frame 0: out as it is."""
-    return framed(fill_border(out, frame, frame), frame) if frame else out
+    overwritten with the padding of the inside in `mode`, given as the inside's view (framed). frame 0: out."""
+    return framed(fill_border(out, frame, frame, mode), frame, mode) if frame else out
 
 
 def derived(packs: dict, name: str, dtype: torch.dtype, make):
@@ -172,7 +177,7 @@ def padded_conv(packs: dict, parts, weight, bias, pad, stride=(1, 1), mode: str 
     runs the conv zero-padded and the output rows and columns that read the padding are recomputed from thin
     strips of the padded input and written over (mode "zeros": the zero-padded conv alone)."""
     (ph, pw), (sh, sw), (kh, kw) = pad, stride, weight.shape[-2:]
-    given = frame_of(parts[0], ph) if len(parts) == 1 and ph == pw and mode == "reflect" else None
+    given = frame_of(parts[0], ph, mode) if len(parts) == 1 and ph == pw else None
     if given is not None or len(parts) > 1 or stride != (1, 1):
         x = given if given is not None else padded(parts, ph, pw, mode)
         return conv_call(x, packed(packs, name + " padded", weight, x.shape, (0, 0), stride), bias, (0, 0), stride,

@@ -91,8 +91,8 @@ class TDMSNet(nn.Module):
         self.conv2a = conv(nf, nf * 2, 3, 2)
         self.conv2b = conv(nf, nf * 2, 3, 2)
         self.conv3 = conv(nf * 4, nf * 4, 3, 2)
-        # prepacked on CPU, these give their outputs in a one-pixel reflection frame: conv2a, conv2b and the residual
-        # blocks pad their inputs so (ConvLayer.frame)
+        # prepacked on CPU, these give their outputs in a one-pixel frame padded as the next layer pads
+        # (ConvLayer.frame): reflection for conv2a, conv2b and the residual blocks
         self.conv1a.frame = self.conv1b.frame = self.conv3.frame = 1
         self.ResBlocks = blocks(5)
         self.ResBlocks_w = blocks(2)
@@ -110,6 +110,10 @@ class TDMSNet(nn.Module):
         self.deconv1_f = transposed(nf * 4, nf * 2)
         self.deconv2_f = transposed(nf * 2, nf)
         self.deconv3_f = ColumnConvLayer(nf, 2, 7)
+        # and so for the heads' upsampling: replication for deconv1, zeros for the transposed convs
+        self.ResBlocks.frame_mode = "replicate"
+        self.ResBlocks_w.frame_mode = self.ResBlocks_f.frame_mode = "zeros"
+        self.deconv1_w.frame = self.deconv1_f.frame = 1
 
     def _head_blocks(self, blocks: nn.Sequential, e3):
         if self.original_quirks:  # each block applied to E3, only the last output kept
