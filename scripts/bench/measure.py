@@ -60,22 +60,6 @@ GOALS = {  # the project's speed goals: (key, goal, devices it applies to)
 }
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def forward_fps(step, device: torch.device, h: int, w: int, frames: int, batch: int = 1) -> float:
     """Frames/s of the network alone on tensors already on the device, O_{t-1} fed back."""
     i_prev, i_t, p_t, o = (pad_to(torch.rand(batch, 3, h, w, device=device))[0] for _ in range(4))
@@ -132,12 +116,6 @@ def naive_frames_on_disk(model, device: torch.device, clip: Path, out: Path) -> 
             img = (o_t.clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
             cv2.imwrite(str(out / f"{t:05d}.jpg"), img[..., ::-1])
     return len(ins) - 1
-
-
-
-
-
-
 
 
 def default_run(model, device: torch.device, clip: Path, out: Path) -> dict:
