@@ -160,3 +160,16 @@ def test_naive_path_runs_the_network_from_jpeg_files(tmp_path):
     got = read_frame(tmp_path / "out" / "00001.jpg")
     assert np.array_equal(got, read_frame(tmp_path / "want.jpg"))
     assert np.abs(got - read_frame(clip / "processed" / "00001.jpg")).mean() > 0.05  # not a copy of P_1
+
+
+def test_ab_forward_holds_this_checkout_against_a_git_revision(capsys):
+    """Against HEAD's package (git archive, imported as tdms_rev): both forwards run on the same weights, in turns,
+    and give the same output in fp32 unless the working tree changed the network's function."""
+    import ab_forward
+
+    assert ab_forward.main(["--rev", "HEAD", "--size", "32x24", "--rounds", "2", "--dtype", "fp32"]) == 0
+    out = capsys.readouterr().out
+    assert "2 rounds alternated" in out and "this checkout" in out and "median / HEAD's 1.000" in out
+    assert float(out.split("largest output difference ")[1].split()[0]) < 1e-4
+    with pytest.raises(SystemExit, match="not-a-revision"):
+        ab_forward.main(["--rev", "not-a-revision", "--size", "32x24", "--rounds", "1"])

@@ -63,43 +63,44 @@ class SplitFrames(nn.Module):
             self.layer.conv2d.weight.copy_(torch.cat(per_part + [weight[:, 3 * j:3 * j + 3] for j in self.split], 1))
             self.layer.conv2d.bias.copy_(conv.bias)
         self.layer.to(dtype=dtype, memory_format=memory_format(conv.weight))
-        # 255 for the frame parts' channels, 1 for the split ones: the input's scale, channel by channel
-        scale = torch.tensor([1.0 if j in self.split else FRAME_SCALE for j in range(self.parts) for _ in range(3)],
-                             device=conv.weight.device)
-        self.register_buffer("scale", scale.view(1, -1, 1, 1), persistent=False)
 
-    def inputs(self, parts):
-        """(x, hi): the parts as one fp32 tensor in their own layout, frames scaled, and it in `dtype`."""
+    def staged(self, parts) -> torch.Tensor:
+        """The conv's input (B, 3·(parts + len(split)), H, W) in `dtype` and the parts' layout: each frame part as
+        255·x, each split part as hi, then the split parts' lo = dtype(x - hi), each written straight into its slot."""
         if len(parts) != self.parts or any(p.shape[1] != 3 for p in parts):
             raise ValueError(f"SplitFrames reads {self.parts} 3-channel parts, got {[tuple(p.shape) for p in parts]}")
-        x = torch.cat([p.float() for p in parts], 1).mul_(self.scale)
-        return x, x.to(self.dtype)
-
-    def lo(self, x, hi):
-        """dtype(x - hi) of the split parts' channels."""
-        return [(x[:, 3 * j:3 * j + 3] - hi[:, 3 * j:3 * j + 3]).to(self.dtype) for j in self.split]
+        n, _, h, w = parts[0].shape
+        out = torch.empty((n, 3 * (self.parts + len(self.split)), h, w), dtype=self.dtype, device=parts[0].device,
+                          memory_format=memory_format(parts[0]))
+        for j, x in enumerate(parts):
+            if j in self.split:
+                out[:, 3 * j:3 * j + 3] = x
+            else:
+                torch.mul(x, FRAME_SCALE, out=out[:, 3 * j:3 * j + 3])
+        for k, j in enumerate(self.split):
+            c = 3 * (self.parts + k)
+            torch.sub(parts[j], out[:, 3 * j:3 * j + 3], out=out[:, c:c + 3])
+        return out
 
     def forward(self, *parts):
         layer, conv = self.layer, self.layer.conv2d
         if layer.packs is not None and not torch.is_grad_enabled() and parts[0].device.type == "cpu" \
                 and conv.stride == (1, 1) and min(parts[0].shape[-2:]) > conv.kernel_size[0] // 2:
             return self.prepacked(parts)
-        x, hi = self.inputs(parts)
-        return layer(hi.contiguous(memory_format=memory_format(parts[0])), *self.lo(x, hi))
+        return layer(self.staged(parts))
 
     def prepacked(self, parts) -> torch.Tensor:
-        """The prepacked path (nets/prepacked.py): the scaled parts and lo are computed in the parts' own layout
-        (NCHW from the recurrence: whole planes) and copied once, all channels together, into a reflection-padded
+        """The prepacked path (nets/prepacked.py): the input is staged in the parts' own layout (NCHW from the
+        recurrence: whole planes) and copied once, all channels together, into a reflection-padded
         channels_last buffer on which oneDNN runs the conv unpadded. (Written part by part into the buffer's
         3-channel slices, the copies were strided gathers, 2.8× slower; on a channels_last copy of the frames and
         separate padded copies, the layer read and wrote frame-sized tensors 26 times a frame.)"""
         layer, conv = self.layer, self.layer.conv2d
         p = conv.kernel_size[0] // 2
         n, _, h, w = parts[0].shape
-        x, hi = self.inputs(parts)
         buf = torch.empty((n, conv.in_channels, h + 2 * p, w + 2 * p), dtype=self.dtype,
                           memory_format=torch.channels_last)
-        buf[:, :, p:p + h, p:p + w] = torch.cat([hi, *self.lo(x, hi)], 1)
+        buf[:, :, p:p + h, p:p + w] = self.staged(parts)
         fill_border(buf, p, p)
         f = layer.frame  # the output in a frame for the next conv (ConvLayer.frame): the conv zero-padded by it
         weight = packed(layer.packs, f"split {f}", conv.weight, buf.shape, (f, f))

@@ -13,6 +13,7 @@ of its input, padded (nets/prepacked.py: padded_conv); a residual chain passes i
 padded (ResidualChain), and a layer with `frame` gives the next one its output so (prepacked.framed).
 """
 
+import itertools
 from contextlib import nullcontext
 
 import torch
@@ -185,7 +186,14 @@ class ColumnConvLayer(ConvLayer):
         weight = self.conv2d.weight
         cols = weight.permute(3, 0, 1, 2).reshape(k * weight.shape[0], -1, k, 1)  # channel d·C + c: column d's share
         if fast(self, parts, weight):  # the shift and sum as a 1×k conv of the shares, their columns reflected
-            z = padded_conv(self.packs, parts, cols, None, (k // 2, 0), name="cols")
+            # one conv a part, each adding the one before (a fused sum): no concatenated copy of the full-resolution
+            # parts (the residual head's cat(r, e1a): 64 channels at 854×480, 52 MB written and read again)
+            bounds = [0, *itertools.accumulate(p.shape[1] for p in parts)]
+            z = None
+            for i, part in enumerate(parts):
+                share = derived(self.packs, f"cols {i}", weight.dtype,
+                                lambda i=i: cols[:, bounds[i]:bounds[i + 1]].contiguous())
+                z = padded_conv(self.packs, (part,), share, None, (k // 2, 0), add=z, name=f"cols {i}")
             pick = derived(self.packs, "pick", weight.dtype, lambda: pick_shares(weight.shape[0], k, weight.dtype))
             out = padded_conv(self.packs, (z,), pick, self.conv2d.bias, (0, k // 2), name="pick")
             return leaky(out, self.act)  # (no norm on this path)

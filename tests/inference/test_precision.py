@@ -65,11 +65,11 @@ def test_split_frames_reads_8_bit_frames_exactly_and_o_prev_to_16_bits(name):
 
 
 def test_split_frames_is_built_on_the_layer_s_device():
-    """Built from a layer on another device (a CUDA model's), its weights and scale are made there, not on the CPU:
-    here the meta device stands for it (shapes only)."""
+    """Built from a layer on another device (a CUDA model's), its weights are made there, not on the CPU, and so is
+    its staged input: here the meta device stands for it (shapes only)."""
     layer = TDMSNet(nf=8).eval().conv1b.to("meta")
     split = SplitFrames(layer, torch.bfloat16, (0,))
-    assert {t.device.type for t in [*split.parameters(), *split.buffers()]} == {"meta"}
+    assert {t.device.type for t in split.parameters()} == {"meta"}
     parts = [torch.empty(1, 3, 12, 16, device="meta") for _ in range(2)]
     with torch.inference_mode():
         assert split(*parts).shape == (1, 8, 12, 16)
