@@ -78,9 +78,9 @@ def table(r: dict) -> str:
     row("end-to-end / forward", "{:.2f}".format, [s["end_to_end_over_forward"] for s in sizes])
     row("end-to-end / naive", "{:.2f}".format, [s["end_to_end_over_naive"] for s in sizes])
     row("achieved GFLOP/s", "{:.1f}".format, [s["achieved_gflops"] for s in sizes])
+    # the rates below are measured in turns with the forward (kernels.paired_ratio): medians of 7 rounds
     row("matmul peak GFLOP/s (same dtype)", "{:.1f}".format, [s["peak_gflops"] for s in sizes])
-    row("fraction of peak", "{:.2f}".format, [s["fraction_of_peak"] for s in sizes])
-    # measured in turns with the forward (kernels.paired_conv_ratio): medians of 7 rounds
+    row("forward / that peak", "{:.2f}".format, [s["fraction_of_peak"] for s in sizes])
     row("128-ch 3×3 conv GFLOP/s (same dtype)", "{:.1f}".format, [s["conv_gflops"] for s in sizes])
     row("  forward GFLOP/s in the same turns", "{:.1f}".format, [s["paired_forward_gflops"] for s in sizes])
     row("forward / that conv rate", "{:.2f}".format, [s["fraction_of_conv"] for s in sizes])

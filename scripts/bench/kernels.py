@@ -68,21 +68,6 @@ def conv_macs_by_layer(model: nn.Module, h: int, w: int) -> dict[str, int]:
     return macs
 
 
-def peak_matmul_gflops(device: torch.device, dtype=torch.float32, n: int = 2048, seconds: float = 2.0) -> float:
-    """Measured GFLOP/s of a large square matmul: the machine's practical roofline for conv layers."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    for _ in range(2):
-        a @ b
-    sync(device)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        count += 1
-    sync(device)
-    return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
-
-
 def sync(device: torch.device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -175,14 +160,21 @@ def rate_for(run, flops: float, device: torch.device, seconds: float) -> float:
     return flops * count / (time.perf_counter() - start) / 1e9
 
 
-def paired_conv_ratio(forward, forward_flops: float, device: torch.device, h: int, w: int, dtype: str,
-                      channels_last: bool, rounds: int = 7) -> dict:
-    """The forward's GFLOP/s against reference_conv's, measured in turns: each round times one `forward()` and then
-    the conv for as long, and the ratio is the median of the rounds' ratios. This machine's speed moves by 2-3×
-    within seconds (other tenants), so rates taken minutes apart would compare two different machines.
-    Returns conv_gflops and forward_gflops (medians of the rounds) and ratio."""
-    run, flops = reference_conv(device, h, w, dtype, channels_last)
-    conv, fwd, ratios = [], [], []
+def reference_matmul(device: torch.device, dtype: str, n: int = 2048):
+    """A square n×n matmul in `dtype` (the machine's practical roofline for conv layers): (run, FLOPs of one run)."""
+    dt = AMP[dtype] or torch.float32
+    a, b = (torch.randn(n, n, device=device).to(dt) for _ in range(2))
+    return (lambda: a @ b), 2 * n**3
+
+
+def paired_ratio(forward, forward_flops: float, reference, device: torch.device, rounds: int = 7) -> dict:
+    """The forward's GFLOP/s against a reference kernel's (reference = (run, FLOPs of one run): reference_conv,
+    reference_matmul), measured in turns: each round times one `forward()` and then the reference for as long, and
+    the ratio is the median of the rounds' ratios. This machine's speed moves by 2-3× within seconds (other
+    tenants), so rates taken minutes apart would compare two different machines. Returns reference_gflops and
+    forward_gflops (medians of the rounds) and ratio."""
+    run, flops = reference
+    ref, fwd, ratios = [], [], []
     with torch.inference_mode():
         for _ in range(3):
             run()
@@ -193,9 +185,9 @@ def paired_conv_ratio(forward, forward_flops: float, device: torch.device, h: in
             sync(device)
             took = time.perf_counter() - start
             fwd.append(forward_flops / took / 1e9)
-            conv.append(rate_for(run, flops, device, took))
-            ratios.append(fwd[-1] / conv[-1])
-    return {"conv_gflops": statistics.median(conv), "forward_gflops": statistics.median(fwd),
+            ref.append(rate_for(run, flops, device, took))
+            ratios.append(fwd[-1] / ref[-1])
+    return {"reference_gflops": statistics.median(ref), "forward_gflops": statistics.median(fwd),
             "ratio": statistics.median(ratios)}
 
 
