@@ -110,7 +110,8 @@ class SplitFrames(nn.Module):
 class Step(nn.Module):
     """(I_{t-1}, I_t, O_{t-1}, P_t, *state) -> (O_t fp32, *state), all (B,C,H,W)."""
 
-    def __init__(self, net: nn.Module, dtype: torch.dtype | None, channels_last: bool, device_type: str):
+    def __init__(self, net: nn.Module, dtype: torch.dtype | None, channels_last: bool, device_type: str,
+                 prepacked: bool = True):
         super().__init__()
         model = net
         self.dtype, self.device_type = dtype, device_type
@@ -122,7 +123,8 @@ class Step(nn.Module):
             for name, split in FRAME_LAYERS.items():
                 if hasattr(net, name):  # built from the fp32 layer: its frame weights / 255 are rounded once
                     setattr(net, name, SplitFrames(getattr(model, name), dtype, split))
-        self.prepacked = device_type == "cpu" and channels_last and can_prepack(dtype if self.split else torch.float32)
+        self.prepacked = prepacked and device_type == "cpu" and channels_last \
+            and can_prepack(dtype if self.split else torch.float32)
         if self.prepacked:
             prepack(net)  # the copy's weights are fixed: oneDNN's reordered weights are made once (nets/prepacked.py)
         self.net = net
@@ -201,7 +203,9 @@ def make_step(model: nn.Module, device, amp: str = "fp32", channels_last: bool =
                          "drop --cuda-graph")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed frame sizes: let cuDNN pick its fastest kernels once
-    fn = Step(model, AMP[amp], channels_last, device.type)
+    # compiled, the plain layers: inductor with freezing reorders the weights for oneDNN itself, and the prepacked
+    # path's strided views and framed outputs are not its to trace
+    fn = Step(model, AMP[amp], channels_last, device.type, prepacked=not compile)
     if compile:  # freezing: the weights are constants here, so inductor may pre-pack them (oneDNN on CPU)
         fn = torch.compile(fn, dynamic=False, options={"freezing": True})
     if cuda_graph:

@@ -16,6 +16,7 @@ from tdms.frames.writers import write_frame
 from tdms.inference.across_videos import Video, batched_frames, group_by_size, stacked_steps
 from tdms.inference.fast import Step, make_step
 from tdms.inference.recurrence import step_frames, tdms_frames
+from tdms.nets.prepacked import can_prepack
 from tdms.nets.tdms_net import TDMSNet
 from tests.conftest import flicker, moving_frames, write_video
 
@@ -142,6 +143,22 @@ def test_compile_matches_eager(net, clips):
     want = list(tdms_frames(net, zip(i, p, strict=True)))
     got = list(step_frames(make_step(net, "cpu", compile=True), zip(i, p, strict=True)))
     assert max_diff(got, want) <= 1e-5
+
+
+@pytest.mark.slow  # torch.compile: ~60 s
+def test_compile_in_bf16_channels_last_runs_the_plain_layers():
+    """tdms-test --compile on a CPU with bf16 (its default: bf16, channels_last): the compiled step gets the plain
+    layers (inductor reorders the weights itself; the prepacked path's strided views do not trace) and matches the
+    eager prepacked step within the bf16 tolerance."""
+    if not can_prepack(torch.bfloat16):
+        pytest.skip("no native bf16 on this CPU")
+    torch.manual_seed(0)
+    model = TDMSNet(nf=8).eval()
+    frames = [torch.rand(1, 3, 32, 40, generator=torch.Generator().manual_seed(k)) for k in range(4)]
+    with torch.inference_mode():
+        eager = make_step(model, "cpu", "bf16", True)(*frames)[0]
+        compiled = make_step(model, "cpu", "bf16", True, compile=True)(*frames)[0]
+    assert (compiled - eager).abs().mean() < 5e-3
 
 
 def test_reading_and_writing_overlap_the_network(tmp_path, monkeypatch):
