@@ -137,6 +137,9 @@ def fill_border(buf: torch.Tensor, rows: int, cols: int, mode: str = "reflect") 
     padding (reflect, replicate or zeros) of its interior, as F.pad makes it; returns buf. The rows first, then
     the columns over whole rows, which also fills the corners right."""
     h, w = buf.shape[-2] - 2 * rows, buf.shape[-1] - 2 * cols
+    if mode == "reflect" and (h <= rows or w <= cols) or min(h, w) < 1:
+        raise ValueError(f"cannot {mode}-pad a {h}×{w} activation by {rows} rows and {cols} columns: the frames are "
+                         "too small for the network")
     for i in range(rows):  # padded row rows-1-i copies interior row i+1 (reflect) or 0 (replicate)
         if mode == "zeros":
             buf[:, :, i].zero_()

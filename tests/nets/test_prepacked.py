@@ -181,3 +181,9 @@ def test_padded_is_the_concatenation_padded_as_f_pad_pads(mode):
     got = prepacked.padded(parts, 3, 2, mode)
     assert got.is_contiguous(memory_format=CL)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_too_small_to_pad_is_a_clear_error():
+    """As F.pad refuses a reflection as wide as the image, so does the prepacked path, naming the sizes."""
+    with pytest.raises(ValueError, match="cannot reflect-pad a 2×5 activation by 3 rows"):
+        prepacked.padded(inputs((4,), (2, 5), torch.float32), 3, 0)
