@@ -24,7 +24,7 @@ import torch.nn as nn
 from tdms.devices import keep_freed_memory
 from tdms.errors import UserError
 from tdms.nets.layers import memory_format
-from tdms.nets.prepacked import can_prepack, conv_call, fill_border, frame_output, packed, prepack
+from tdms.nets.prepacked import can_prepack, conv_call, frame_output, packed, padded, prepack
 from tdms.nets.tdms_net import compose
 
 AMP = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -97,11 +97,7 @@ class SplitFrames(nn.Module):
         separate padded copies, the layer read and wrote frame-sized tensors 26 times a frame.)"""
         layer, conv = self.layer, self.layer.conv2d
         p = conv.kernel_size[0] // 2
-        n, _, h, w = parts[0].shape
-        buf = torch.empty((n, conv.in_channels, h + 2 * p, w + 2 * p), dtype=self.dtype,
-                          memory_format=torch.channels_last)
-        buf[:, :, p:p + h, p:p + w] = self.staged(parts)
-        fill_border(buf, p, p)
+        buf = padded((self.staged(parts),), p, p)
         f = layer.frame  # the output in a frame for the next conv (ConvLayer.frame): the conv zero-padded by it
         weight = packed(layer.packs, f"split {f}", conv.weight, buf.shape, (f, f))
         return frame_output(conv_call(buf, weight, conv.bias, (f, f), (1, 1), layer.act), f)

@@ -25,9 +25,7 @@ from tdms.nets.prepacked import (
     derived,
     fast,
     fill_border,
-    frame_input,
     frame_of,
-    frame_output,
     framed,
     packed,
     padded,
@@ -62,10 +60,10 @@ class ConvLayer(nn.Module):
     """
 
     packs = None  # prepack() makes it a dict: the fast CPU path's weights
-    # On the prepacked path, where the input is copied anyway (several parts, or a stride), the output comes out this
-    # many pixels larger each side, the extra frame the reflection of the inside, given as the inside's view
-    # (prepacked.framed): the next conv, if it pads by reflection as much, reads it with no padded copy. The network
-    # sets it where that is so (TDMSNet: conv1a, conv1b, conv3).
+    # On the prepacked path the output comes out this many pixels larger each side, the extra frame the reflection
+    # of the inside, given as the inside's view (prepacked.framed): the next conv, if it pads by reflection as much,
+    # reads it with no padded copy. The input is then copied, padded: the network sets it where it is copied anyway
+    # (TDMSNet: conv1a, conv1b, conv3: several parts or a stride).
     frame = 0
 
     def __init__(self, cin: int, cout: int, k: int, stride: int = 1, norm: str = "none", dead_norm: bool = False,
@@ -85,12 +83,8 @@ class ConvLayer(nn.Module):
         if fast(self, parts, conv.weight):
             p = conv.kernel_size[0] // 2
             fuse_add = add is not None and not self.act and add.dtype == conv.weight.dtype
-            if self.frame and (len(parts) > 1 or conv.stride != (1, 1)) and add is None:
-                x = frame_input(parts, p, conv.stride[0], self.frame)
-                weight = packed(self.packs, "framed", conv.weight, x.shape, (0, 0), conv.stride)
-                return frame_output(conv_call(x, weight, conv.bias, (0, 0), conv.stride, self.act), self.frame)
             y = padded_conv(self.packs, parts, conv.weight, conv.bias, (p, p), conv.stride, "reflect", self.act,
-                            add if fuse_add else None)
+                            add if fuse_add else None, frame=self.frame if add is None else 0)
             return y if add is None or fuse_add else y + add
         x = cat(parts)
         with own_dtype(x):

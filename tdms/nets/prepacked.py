@@ -64,12 +64,6 @@ def frame_of(x: torch.Tensor, pad: int | None = None, mode: str | None = "reflec
     return frame[0]
 
 
-def frame_input(parts, pad: int, stride: int, frame: int, mode: str = "reflect") -> torch.Tensor:
-    """A padded copy of the parts (padded) for a conv of `stride` whose output is to come out `frame` pixels larger
-    each side than the conv of the parts padded by `pad`: each output pixel of the frame needs `stride` more input."""
-    return padded(parts, pad + stride * frame, pad + stride * frame, mode)
-
-
 def frame_output(out: torch.Tensor, frame: int, mode: str = "reflect") -> torch.Tensor:
     """A conv's output that came out `frame` pixels larger each side (its frame read zeros or padding): the frame
     overwritten with the padding of the inside in `mode`, given as the inside's view (framed). frame 0: out."""
@@ -170,7 +164,7 @@ def conv_call(x, weight, bias, pad, stride, act: bool, add=None) -> torch.Tensor
 
 
 def padded_conv(packs: dict, parts, weight, bias, pad, stride=(1, 1), mode: str = "reflect", act: bool = False,
-                add=None, name: str = "w") -> torch.Tensor:
+                add=None, name: str = "w", frame: int = 0) -> torch.Tensor:
     """conv2d(F.pad(x, (pad[1],) * 2 + (pad[0],) * 2, mode), weight, bias, stride), then the leaky ReLU (act) or
     + add (oneDNN post-ops), x the channel concatenation of `parts` (channels_last).
 
@@ -178,13 +172,18 @@ def padded_conv(packs: dict, parts, weight, bias, pad, stride=(1, 1), mode: str 
     pads at no extra cost) and oneDNN runs the conv unpadded on it; a strided conv must, as oneDNN (3.x, bf16)
     computes a strided conv of a strip a few pixels wide wrongly. One part, stride 1: no copy of x is made; oneDNN
     runs the conv zero-padded and the output rows and columns that read the padding are recomputed from thin
-    strips of the padded input and written over (mode "zeros": the zero-padded conv alone)."""
+    strips of the padded input and written over (mode "zeros": the zero-padded conv alone).
+
+    With `frame` (no `add`) the output comes `frame` pixels larger each side, that frame the reflection of the
+    inside, given as the inside's view (framed) for a next conv to read: the parts are then copied, padded by
+    `stride` more input pixels for each pixel of the frame."""
     (ph, pw), (sh, sw), (kh, kw) = pad, stride, weight.shape[-2:]
-    given = frame_of(parts[0], ph, mode) if len(parts) == 1 and ph == pw else None
-    if given is not None or len(parts) > 1 or stride != (1, 1):
-        x = given if given is not None else padded(parts, ph, pw, mode)
-        return conv_call(x, packed(packs, name + " padded", weight, x.shape, (0, 0), stride), bias, (0, 0), stride,
-                         act, add)
+    given = frame_of(parts[0], ph, mode) if len(parts) == 1 and ph == pw and not frame else None
+    if given is not None or len(parts) > 1 or stride != (1, 1) or frame:
+        x = given if given is not None else padded(parts, ph + sh * frame, pw + sw * frame, mode)
+        out = conv_call(x, packed(packs, name + " padded", weight, x.shape, (0, 0), stride), bias, (0, 0), stride,
+                        act, add)
+        return frame_output(out, frame)
     x = parts[0].contiguous(memory_format=torch.channels_last)  # (a framed view of another pad: copied)
     n, _, h, w = x.shape
     out = conv_call(x, packed(packs, name, weight, x.shape, pad, stride), bias, pad, stride, act, add)
