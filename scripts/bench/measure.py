@@ -136,12 +136,11 @@ def default_run(model, device: torch.device, clip: Path, out: Path) -> dict:
             "default_fps": fps, "sys_time_fraction": system / max(user + system, 1e-9)}
 
 
-def paired_figures(model, device: torch.device, h: int, w: int, gmac: float, amp: str, channels_last: bool,
-                   cuda_graph: bool, key: str) -> dict:
-    """The forward in `amp` against the 128-channel conv and against the matmul, each measured in turns with it
-    (kernels.paired_ratio): {key}conv_gflops, {key}paired_forward_gflops, {key}fraction_of_conv, {key}peak_gflops,
-    {key}fraction_of_peak."""
-    step = make_step(model, device, amp, channels_last, cuda_graph=cuda_graph)
+def paired_figures(step, device: torch.device, h: int, w: int, gmac: float, amp: str, channels_last: bool,
+                   key: str) -> dict:
+    """`step`'s forward (in `amp`) against the 128-channel conv and against the matmul, each measured in turns with
+    it (kernels.paired_ratio): {key}conv_gflops, {key}paired_forward_gflops, {key}fraction_of_conv,
+    {key}peak_gflops, {key}fraction_of_peak."""
     x = [pad_to(torch.rand(1, 3, h, w, device=device))[0] for _ in range(4)]
     hp, wp = x[0].shape[-2:]
     forward = (lambda: step(*x)), 2 * gmac * 1e9
@@ -214,9 +213,11 @@ def measure_size(model, device: torch.device, h: int, w: int, frames: int, batch
     r["fp32_achieved_gflops"] = 2 * gmac * r["fp32_forward_fps"]
     log(f"{w}×{h}: the default path (tdms-test without flags)")
     r.update(default_run(model, device, clips[0], workdir / f"{w}x{h}" / "default"))
-    for key, amp, cl in (("", dtype, bool(channels_last)), ("fp32_", "fp32", True)):  # the forward's and fp32's
+    # the config's own step, and an fp32 channels_last one
+    fp32_step = make_step(model, device, "fp32", True, cuda_graph=cuda_graph)
+    for key, run, amp, cl in (("", step, dtype, bool(channels_last)), ("fp32_", fp32_step, "fp32", True)):
         log(f"{w}×{h}: {amp} forward against the 128-channel conv and the matmul, in turns")
-        r.update(paired_figures(model, device, h, w, gmac, amp, cl, cuda_graph, key))
+        r.update(paired_figures(run, device, h, w, gmac, amp, cl, key))
     if profile:
         log(f"{w}×{h}: profile of one forward")
         r["profile"] = profile_table(step, device, h, w)
