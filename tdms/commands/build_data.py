@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from tdms.builder.build import SPLITS, Settings, build, build_demo
-from tdms.commands import interrupted_code, stop_on_sigterm
 from tdms.errors import UserError
+from tdms.interrupts import interrupted_code, stop_on_sigterm
 
 EXAMPLES = """examples:
   tdms-build-data --out data                          # train, val and test (about 5 CPU-minutes, 1.8 GB)

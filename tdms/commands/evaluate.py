@@ -33,7 +33,6 @@ from pathlib import Path
 import yaml
 
 from tdms import distributed
-from tdms.commands import interrupted_code, stop_on_sigterm
 from tdms.config import EvalConfig, load_config
 from tdms.devices import check_device, set_threads
 from tdms.errors import MissingFile, UserError
@@ -49,6 +48,7 @@ from tdms.flow import BACKENDS, build_flow
 from tdms.flow.cache import FlowCache
 from tdms.frames.io import FrameSource
 from tdms.frames.outputs import claim_folder, read_marker, write_record
+from tdms.interrupts import interrupted_code, stop_on_sigterm
 
 SINGLE_COLUMNS = ("protocol", "n_frames", "warping_error_processed", "warping_error", "relative_reduction", "psnr",
                   "margin", "ssim", "lpips", "tracking_iou", "composite")

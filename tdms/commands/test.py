@@ -30,7 +30,6 @@ import torch
 
 from tdms import distributed
 from tdms.api import checkpoint_path
-from tdms.commands import interrupted_code, stop_on_sigterm
 from tdms.config import InferenceConfig, load_config
 from tdms.devices import pick_device
 from tdms.errors import UserError
@@ -66,6 +65,7 @@ from tdms.inference.fast import AMP
 from tdms.inference.methods import METHODS, Method, make_method
 from tdms.inference.original import PROTOCOLS
 from tdms.inference.recurrence import restarted
+from tdms.interrupts import interrupted_code, stop_on_sigterm
 from tdms.nets.build import load_model
 
 

@@ -12,9 +12,9 @@ import argparse
 import sys
 
 from tdms import distributed
-from tdms.commands import interrupted_code, stop_on_sigterm
 from tdms.config import load_config
 from tdms.errors import UserError
+from tdms.interrupts import interrupted_code, stop_on_sigterm
 from tdms.training.loop import train
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from tdms import distributed
+from tdms import distributed, interrupts
 from tdms.config import EvalConfig
 from tdms.devices import set_threads
 from tdms.errors import UserError
@@ -199,6 +199,7 @@ def run(cfg: EvalConfig, progress: bool = True, world: distributed.World = distr
         if cfg.run.jobs <= 1:
             init_worker(cfg)
             for k in todo:
+                interrupts.check()
                 done[k] = score(jobs[k])
                 bar.update(1)
         else:

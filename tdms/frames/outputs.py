@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from tdms import interrupts
 from tdms.errors import UserError
 from tdms.files import stamp_files, write_bytes_atomic
 from tdms.frames.io import FrameSource, is_video, read_frame
@@ -262,6 +263,7 @@ def process_video(frames, out: Path, n: int, fps: float, meta: dict, ext: str = 
             for img in tqdm(frames, total=n - resume, desc=desc or out.name, unit="frame", leave=False):
                 if errors:
                     break
+                interrupts.check()
                 q.put(img)
         except BaseException:
             cancel.set()

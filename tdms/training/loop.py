@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from tdms import distributed
+from tdms import distributed, interrupts
 from tdms.checkpoint import best_of, training_state
 from tdms.config import Config, save_config
 from tdms.devices import pick_device
@@ -77,32 +77,35 @@ def train(cfg: Config, resume: bool = False, init_weights: str = "") -> Path:
     model.train()
 
     bar = tqdm(total=cfg.train.steps, initial=step, desc="train", unit="step", disable=not world.main)
-    for batch in batches(loader):
-        batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-        opt.zero_grad(set_to_none=True)
-        try:
-            total, terms = clip_losses(forward, batch, cfg, aux)
-        except NonFiniteLoss as e:
-            raise NonFiniteLoss(f"step {step + 1}: {e}") from None
-        optimizer_step(model, opt, scaler, cfg.optim.grad_clip)
-        sched.step()
-        step += 1
-        bar.update(1)
-        log.add(total, terms)
-        end = step == cfg.train.steps
-        if due(step, cfg.train.log_every) or end:
-            log.write(step, sched.get_last_lr()[0], bar)
-        if due(step, cfg.train.image_every) and world.main:
-            log_images(tb, model, batch, step)
-        best = validator.best if validator else None
-        if validator and (due(step, cfg.train.val_every) or end):
-            validator(model, step, partial(training_state, model, opt, sched, scaler, step, cfg, sha), bar)
-            best = validator.best
-        if (due(step, cfg.train.ckpt_every) or end) and world.main:
-            save_atomic(training_state(model, opt, sched, scaler, step, cfg, sha, best), last)
-    bar.close()
-    if tb:
-        tb.close()
+    try:
+        for batch in batches(loader):
+            interrupts.check()  # a SIGTERM whose first raise was dropped stops the run here
+            batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            opt.zero_grad(set_to_none=True)
+            try:
+                total, terms = clip_losses(forward, batch, cfg, aux)
+            except NonFiniteLoss as e:
+                raise NonFiniteLoss(f"step {step + 1}: {e}") from None
+            optimizer_step(model, opt, scaler, cfg.optim.grad_clip)
+            sched.step()
+            step += 1
+            bar.update(1)
+            log.add(total, terms)
+            end = step == cfg.train.steps
+            if due(step, cfg.train.log_every) or end:
+                log.write(step, sched.get_last_lr()[0], bar)
+            if due(step, cfg.train.image_every) and world.main:
+                log_images(tb, model, batch, step)
+            best = validator.best if validator else None
+            if validator and (due(step, cfg.train.val_every) or end):
+                validator(model, step, partial(training_state, model, opt, sched, scaler, step, cfg, sha), bar)
+                best = validator.best
+            if (due(step, cfg.train.ckpt_every) or end) and world.main:
+                save_atomic(training_state(model, opt, sched, scaler, step, cfg, sha, best), last)
+    finally:  # on an error or a signal too: the bar ends its line, the event file is flushed
+        bar.close()
+        if tb:
+            tb.close()
     distributed.barrier(world)  # the last checkpoint is on disk before any rank returns
     return last
 

@@ -11,9 +11,11 @@ import time
 
 import pytest
 
+from tdms import interrupts
 from tdms.commands import train as cli
 from tdms.errors import MissingFile, UserError
 from tdms.flow.cache import FlowCache
+from tdms.interrupts import Terminated
 from tdms.training import dataset
 from tdms.training.dataset import ClipDataset, find_clips
 from tdms.training.loop import train
@@ -121,7 +123,8 @@ def test_sigterm_stops_training_like_ctrl_c(lai_root, tmp_path):
             "train.threads": 1, "train.steps": 10**6, "train.ckpt_every": 1, "train.log_every": 0,
             "train.image_every": 0, "loss.perceptual": 0.0, "model.nf": 8}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "tdms.commands.train", *(f"{k}={v}" for k, v in over.items())],
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "tdms.commands.train",
+                             *(f"{k}={v}" for k, v in over.items())],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.time() + 120
@@ -130,7 +133,12 @@ def test_sigterm_stops_training_like_ctrl_c(lai_root, tmp_path):
         assert (run / "last.pth").exists(), proc.communicate(timeout=5) if proc.poll() is not None else "no ckpt"
         time.sleep(0.5)  # a few more steps: the signal falls inside the loop, maybe inside a checkpoint write
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # still running: where every thread is, from faulthandler
+            proc.send_signal(signal.SIGABRT)
+            _, err = proc.communicate(timeout=30)
+            pytest.fail(f"tdms-train still ran 60 s after SIGTERM; its threads:\n{err[-6000:]}")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -140,3 +148,10 @@ def test_sigterm_stops_training_like_ctrl_c(lai_root, tmp_path):
     assert read_checkpoint(run / "last.pth")["step"] >= 1
     hidden = [p for p in tmp_path.rglob(".*")]
     assert not hidden, hidden
+
+
+def test_a_sigterm_whose_raise_was_dropped_stops_the_loop_at_the_next_step(lai_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(interrupts, "_received", True)  # as the handler leaves it when its raise was dropped
+    with pytest.raises(Terminated):
+        train(config(lai_root, tmp_path, **{"train.steps": 3, "train.ckpt_every": 1}))
+    assert not (tmp_path / "run" / "last.pth").exists()  # stopped before its first step
