@@ -221,12 +221,16 @@ def interleave(y: torch.Tensor, cout: int, h: int, w: int, offsets, frame: int =
 
 def interleave_into(out: torch.Tensor, y: torch.Tensor, cout: int, h: int, w: int, offsets) -> torch.Tensor:
     """interleave, written into `out` (B, cout, 2h, 2w); returns out."""
-    if memory_format(y) == torch.channels_last and len(set(offsets)) == 1 and out.stride(1) == 1:
-        # one offset: in NHWC memory y is (n, i, j, a, b, c) and out is (n, i, a, j, b, c), so one strided copy
-        # moves all four phases, two phases' channels at a time (1.6× faster than four copies)
-        (dy, dx), (sn, _, sh, sw) = offsets[0], y.stride()
-        src = y.as_strided((y.shape[0], h, 2, w, 2, cout), (sn, sh, 2 * cout, sw, cout, 1),
-                           y.storage_offset() + dy * sh + dx * sw)
+    (oy, ox), ky, kx = offsets[0], offsets[2][0] - offsets[0][0], offsets[1][1] - offsets[0][1]
+    linear = all(off == (oy + a * ky, ox + b * kx) for (a, b), off in zip(PHASES, offsets, strict=True))
+    strided = memory_format(y) == torch.channels_last and out.stride(1) == 1 and not torch.compiler.is_compiling()
+    if linear and strided:
+        # offsets (oy + a·ky, ox + b·kx): in NHWC memory y's phase (a, b) at (i, j) starts at
+        # i·sh + j·sw + a·(ky·sh + 2·cout) + b·(kx·sw + cout), and out is (n, i, a, j, b, c), so one strided copy
+        # moves all four phases (1.6× faster than four copies; dynamo does not trace the strided view)
+        sn, _, sh, sw = y.stride()
+        src = y.as_strided((y.shape[0], h, 2, w, 2, cout), (sn, sh, ky * sh + 2 * cout, sw, kx * sw + cout, 1),
+                           y.storage_offset() + oy * sh + ox * sw)
         on, _, oh, ow = out.stride()
         out.as_strided((y.shape[0], h, 2, w, 2, cout), (on, 2 * oh, oh, 2 * ow, ow, 1)).copy_(src)
         return out

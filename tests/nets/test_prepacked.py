@@ -187,3 +187,14 @@ def test_too_small_to_pad_is_a_clear_error():
     """As F.pad refuses a reflection as wide as the image, so does the prepacked path, naming the sizes."""
     with pytest.raises(ValueError, match="cannot reflect-pad a 2×5 activation by 3 rows"):
         prepacked.padded(inputs((4,), (2, 5), torch.float32), 3, 0)
+
+
+@pytest.mark.parametrize("fmt", [CL, torch.contiguous_format])
+@pytest.mark.parametrize("offsets", [layers.PHASES, [(1, 1)] * 4, [(0, 1), (0, 2), (1, 1), (1, 2)],
+                                     [(0, 0), (1, 0), (0, 1), (1, 1)]])  # the last not of the form (a·ky, b·kx)
+def test_interleave_puts_each_phase_at_its_offset(offsets, fmt):
+    y = torch.randn(2, 4 * 5, 8, 11).contiguous(memory_format=fmt)
+    want = torch.empty(2, 5, 12, 16)
+    for p, ((a, b), (dy, dx)) in enumerate(zip(layers.PHASES, offsets, strict=True)):
+        want[:, :, a::2, b::2] = y[:, p * 5:(p + 1) * 5, dy:dy + 6, dx:dx + 8]
+    torch.testing.assert_close(layers.interleave(y, 5, 6, 8, offsets), want, rtol=0, atol=0)
