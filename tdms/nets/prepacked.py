@@ -64,6 +64,19 @@ def frame_of(x: torch.Tensor, pad: int | None = None, mode: str | None = "reflec
     return frame[0]
 
 
+def frame_rows(x: torch.Tensor, rows: int, cols: int, mode: str):
+    """What a conv of x padded by `rows` and `cols` in `mode` reads of x's frame (framed), without a copy: the
+    buffer itself when its frame is that wide, or its middle rows when the frame is `cols` wide and has rows to
+    spare (a row range of a channels_last buffer is contiguous for one image). None when x has no such frame."""
+    frame = getattr(x, "tdms_frame", None)
+    if frame is None or frame[1] != cols or frame[2] != mode or rows > cols:
+        return None
+    buf, extra = frame[0], cols - rows
+    if extra and buf.shape[0] != 1:
+        return None
+    return buf[:, :, extra:buf.shape[2] - extra] if extra else buf
+
+
 def frame_output(out: torch.Tensor, frame: int, mode: str = "reflect") -> torch.Tensor:
     """A conv's output that came out `frame` pixels larger each side (its frame read zeros or padding): the frame
     overwritten with the padding of the inside in `mode`, given as the inside's view (framed). frame 0: out."""
@@ -178,7 +191,7 @@ def padded_conv(packs: dict, parts, weight, bias, pad, stride=(1, 1), mode: str 
     inside, given as the inside's view (framed) for a next conv to read: the parts are then copied, padded by
     `stride` more input pixels for each pixel of the frame."""
     (ph, pw), (sh, sw), (kh, kw) = pad, stride, weight.shape[-2:]
-    given = frame_of(parts[0], ph, mode) if len(parts) == 1 and ph == pw and not frame else None
+    given = frame_rows(parts[0], ph, pw, mode) if len(parts) == 1 and not frame else None
     if given is not None or len(parts) > 1 or stride != (1, 1) or frame:
         x = given if given is not None else padded(parts, ph + sh * frame, pw + sw * frame, mode)
         out = conv_call(x, packed(packs, name + " padded", weight, x.shape, (0, 0), stride), bias, (0, 0), stride,

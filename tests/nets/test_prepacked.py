@@ -198,3 +198,36 @@ def test_interleave_puts_each_phase_at_its_offset(offsets, fmt):
     for p, ((a, b), (dy, dx)) in enumerate(zip(layers.PHASES, offsets, strict=True)):
         want[:, :, a::2, b::2] = y[:, p * 5:(p + 1) * 5, dy:dy + 6, dx:dx + 8]
     torch.testing.assert_close(layers.interleave(y, 5, 6, 8, offsets), want, rtol=0, atol=0)
+
+
+def test_frame_rows_reads_the_frame_in_place():
+    """A conv padded by (rows, cols) reads a framed input's buffer, or its middle rows (a view: no copy), when the
+    frame is `cols` wide and in its mode; otherwise there is nothing to read in place."""
+    buf = torch.randn(1, 4, 9, 12).contiguous(memory_format=CL)
+    x = prepacked.framed(buf, 2, "zeros")
+    assert prepacked.frame_rows(x, 2, 2, "zeros") is buf
+    rows = prepacked.frame_rows(x, 1, 2, "zeros")
+    assert rows.shape == (1, 4, 7, 12) and rows.is_contiguous(memory_format=CL)
+    assert rows.data_ptr() == buf[:, :, 1:].data_ptr()
+    assert prepacked.frame_rows(x, 1, 2, "reflect") is None and prepacked.frame_rows(x, 1, 1, "zeros") is None
+    two = prepacked.framed(torch.randn(2, 4, 9, 12).contiguous(memory_format=CL), 2, "zeros")
+    assert prepacked.frame_rows(two, 1, 2, "zeros") is None  # two images: the rows' view is not contiguous
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_transposed_conv_reads_a_framed_input_as_the_plain_one(dtype):
+    """The mask and flow heads' two transposed convs: the first gives its output in a zero frame, the second's row
+    phases read it (1×2 conv on its middle rows, 2×2 on the whole frame) and give what they give on a plain input."""
+    torch.manual_seed(0)
+    first, second = TransposedConv(16, 8, act=True), TransposedConv(8, 4, act=True)
+    first.frame = 1
+    first, second = (prepack(m.to(dtype, memory_format=CL)) for m in (first, second))
+    (x,) = inputs((16,), (7, 10), dtype)
+    with torch.inference_mode():
+        mid = first(x)
+        assert prepacked.frame_of(mid, 1, "zeros") is not None
+        got, want = second(mid), second(mid.contiguous(memory_format=CL))
+    torch.testing.assert_close(got, want)  # (oneDNN's sums may run in another order on the frame: rounding)
+    plain = reference(second, [reference(first, [x])]).float()
+    tol = 1e-5 if dtype == torch.float32 else 0.05  # bf16: rounded to 8 bits at the inputs, weights and the middle
+    torch.testing.assert_close(got.float(), plain, rtol=tol, atol=tol * plain.abs().max().item())
