@@ -353,17 +353,18 @@ class ResidualBlock(nn.Module):
     def forward(self, x):
         return self.conv2(self.conv1(x), add=x)
 
-    def framed(self, a: torch.Tensor) -> torch.Tensor:
+    def framed(self, a: torch.Tensor, own: bool = False) -> torch.Tensor:
         """The prepacked path in a frame (ResidualChain): `a` is x reflection-padded by 1 (channels_last); returns
         the block's output reflection-padded by 1. Each conv runs zero-padded on the padded tensor: its output is
         one pixel larger each side than x, the inside is the conv of the reflection-padded x, and its one-pixel
-        frame (which read zeros) is written over with the reflection of the inside (prepacked.fill_border)."""
+        frame (which read zeros) is written over with the reflection of the inside (prepacked.fill_border).
+        With `own` (nothing else reads `a`) the output is accumulated into a's memory."""
         c1, c2 = self.conv1.conv2d, self.conv2.conv2d
         y = conv_call(a, packed(self.conv1.packs, "framed", c1.weight, a.shape, (1, 1)), c1.bias, (1, 1), (1, 1),
                       True)
         y = fill_border(y, 1, 1)
         out = conv_call(y, packed(self.conv2.packs, "framed", c2.weight, y.shape, (1, 1)), c2.bias, (1, 1), (1, 1),
-                        False, a)
+                        False, a, into_add=own)
         return fill_border(out, 1, 1)
 
 
@@ -383,9 +384,10 @@ class ResidualChain(nn.Sequential):
         if first is None or not fast(first, (x,), first.conv2d.weight) or min(x.shape[-2:]) < 2:
             return super().forward(x)
         a = frame_of(x, 1)  # x given in its frame (prepacked.framed), or padded here
+        own = a is None  # a frame given may be read by others too (TDMSNet's three chains read E3's)
         a = padded((x,), 1, 1) if a is None else a
         for block in self:
-            a = block.framed(a)
+            a, own = block.framed(a, own), True  # each block's output is the chain's own
         if self.frame_mode != "reflect":
             fill_border(a, 1, 1, self.frame_mode)
         return framed(a, 1, self.frame_mode)

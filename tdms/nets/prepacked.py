@@ -166,9 +166,14 @@ def fill_border(buf: torch.Tensor, rows: int, cols: int, mode: str = "reflect") 
     return buf
 
 
-def conv_call(x, weight, bias, pad, stride, act: bool, add=None) -> torch.Tensor:
-    """oneDNN's zero-padded conv(x) + bias on a prepacked weight, then the leaky ReLU (act) or + add, in one call."""
+def conv_call(x, weight, bias, pad, stride, act: bool, add=None, into_add: bool = False) -> torch.Tensor:
+    """oneDNN's zero-padded conv(x) + bias on a prepacked weight, then the leaky ReLU (act) or + add, in one call.
+    With `into_add` the sum is accumulated into `add` itself (channels_last; oneDNN's sum post-op, ~5 % faster than
+    the binary add at the residual blocks' size) and add is returned."""
     ops, pad, stride = torch.ops.mkldnn, list(pad), list(stride)
+    if into_add:
+        return ops._convolution_pointwise_.binary(add, x, weight, bias, pad, stride, [1, 1], 1, "add", 1.0, None, [],
+                                                  None)
     if add is not None:
         return ops._convolution_pointwise.binary(x, add.contiguous(memory_format=torch.channels_last), weight, bias,
                                                  pad, stride, [1, 1], 1, "add", 1.0, None, [], None)

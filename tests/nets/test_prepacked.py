@@ -231,3 +231,26 @@ def test_transposed_conv_reads_a_framed_input_as_the_plain_one(dtype):
     plain = reference(second, [reference(first, [x])]).float()
     tol = 1e-5 if dtype == torch.float32 else 0.05  # bf16: rounded to 8 bits at the inputs, weights and the middle
     torch.testing.assert_close(got.float(), plain, rtol=tol, atol=tol * plain.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_chain_leaves_the_frame_it_was_given_as_it_was(dtype):
+    """The blocks accumulate their sums into the chain's own buffers, never into a frame it was given: TDMSNet's
+    three chains all read E3's."""
+    torch.manual_seed(0)
+    first = ConvLayer(16, 16, 3, act=True)
+    first.frame = 1
+    chains = [ResidualChain(*[ResidualBlock(16, "none", False) for _ in range(2)]) for _ in range(2)]
+    for c in chains:
+        for p in c.parameters():
+            p.data.mul_(0.3)
+    first, *chains = (prepack(m.to(dtype, memory_format=CL)) for m in (first, *chains))
+    (x,) = inputs((16,), (9, 14), dtype)
+    with torch.inference_mode():
+        e = first(x)
+        before = frame_of(e, 1).clone()
+        got = [c(e) for c in chains]
+        assert torch.equal(frame_of(e, 1), before)
+        want = [c(e.contiguous(memory_format=CL)) for c in chains]
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
