@@ -175,18 +175,34 @@ class ColumnConvLayer(ConvLayer):
         out = self.by_columns(*parts)
         return out if add is None else out + add
 
+    def column_share(self, i: int, parts, cols: torch.Tensor) -> torch.Tensor:
+        """The k×1 weights of part i's share of `cols` (made once)."""
+        bounds = [0, *itertools.accumulate(p.shape[1] for p in parts)]
+        return derived(self.packs, f"cols {i}", cols.dtype, lambda: cols[:, bounds[i]:bounds[i + 1]].contiguous())
+
     def by_columns(self, *parts):
         k = self.conv2d.kernel_size[0]
         weight = self.conv2d.weight
         cols = weight.permute(3, 0, 1, 2).reshape(k * weight.shape[0], -1, k, 1)  # channel d·C + c: column d's share
+        bufs = [frame_of(p, k // 2) for p in parts]
+        if fast(self, parts, weight) and all(b is not None for b in bufs):  # every part in a reflected frame of k//2
+            # the k×1 convs run unpadded on the frames: the shares come for the reflected columns too, which are the
+            # reflection of the shares (a k×1 conv reads one column), so the 1×k sum runs unpadded on them
+            z = None
+            for i, buf in enumerate(bufs):
+                share = self.column_share(i, parts, cols)
+                z = conv_call(buf, packed(self.packs, f"cols {i} framed", share, buf.shape), None, (0, 0), (1, 1),
+                              False, z)
+            pick = derived(self.packs, "pick", weight.dtype, lambda: pick_shares(weight.shape[0], k, weight.dtype))
+            out = conv_call(z, packed(self.packs, "pick framed", pick, z.shape), self.conv2d.bias, (0, 0), (1, 1),
+                            False)
+            return leaky(out, self.act)
         if fast(self, parts, weight):  # the shift and sum as a 1×k conv of the shares, their columns reflected
             # one conv a part, each adding the one before (a fused sum): no concatenated copy of the full-resolution
             # parts (the residual head's cat(r, e1a): 64 channels at 854×480, 52 MB written and read again)
-            bounds = [0, *itertools.accumulate(p.shape[1] for p in parts)]
             z = None
             for i, part in enumerate(parts):
-                share = derived(self.packs, f"cols {i}", weight.dtype,
-                                lambda i=i: cols[:, bounds[i]:bounds[i + 1]].contiguous())
+                share = self.column_share(i, parts, cols)
                 z = padded_conv(self.packs, (part,), share, None, (k // 2, 0), add=z, name=f"cols {i}")
             pick = derived(self.packs, "pick", weight.dtype, lambda: pick_shares(weight.shape[0], k, weight.dtype))
             out = padded_conv(self.packs, (z,), pick, self.conv2d.bias, (0, k // 2), name="pick")
@@ -297,7 +313,8 @@ class UpsampleConvLayer(ConvLayer):
                 x = torch.cat((x[:, :, :1], x, x[:, :, -1:]), 2)  # mislays channels_last
                 x = torch.cat((x[..., :1], x, x[..., -1:]), 3)
             y = nn.functional.conv2d(x, self.phased(), bias.repeat(4))  # (B, 4·cout, h+1, w+1), phase-major
-        out = interleave(y, weight.shape[0], h, w, PHASES)  # phase (a, b) at source pixel (i, j): y at (i + a, j + b)
+        # phase (a, b) at source pixel (i, j): y at (i + a, j + b); on the fused path in a reflected frame (`frame`)
+        out = interleave(y, weight.shape[0], h, w, PHASES, self.frame if fused and add is None else 0, "reflect")
         if not fused:
             out = leaky(self.norm_layer(out) if self.apply_norm else out, self.act)
         return out if add is None else out + add
@@ -317,7 +334,9 @@ class TransposedConv(nn.ConvTranspose2d):
     """
 
     packs = None
-    frame = 0  # on the prepacked path, its output comes in a zero frame this wide (ConvLayer.frame; TDMSNet sets it)
+    # on the prepacked path, its output comes in a frame this wide, padded in frame_mode (ConvLayer.frame; TDMSNet
+    # sets them as the next layer pads)
+    frame, frame_mode = 0, "zeros"
 
     def __init__(self, cin: int, cout: int, act: bool = False):
         super().__init__(cin, cout, 3, stride=2, padding=1, output_padding=1)
@@ -330,7 +349,7 @@ class TransposedConv(nn.ConvTranspose2d):
         # (zero padding 1 shifts y by one, on the axes padded)
         ys = [padded_conv(self.packs, (x,), phased, bias2, (a, 1), mode="zeros", act=self.act, name=f"row {a}")
               for a, (phased, bias2) in enumerate(rows)]
-        return interleave_rows(ys, self.out_channels, *x.shape[-2:], [(0, 1), (1, 1)], self.frame, "zeros")
+        return interleave_rows(ys, self.out_channels, *x.shape[-2:], [(0, 1), (1, 1)], self.frame, self.frame_mode)
 
     def row_phases(self):
         """Per output row phase a, its conv: (2·cout, cin, 1 + a, 2) weights of the phases (a, 0) and (a, 1), and

@@ -77,6 +77,20 @@ def frame_rows(x: torch.Tensor, rows: int, cols: int, mode: str):
     return buf[:, :, extra:buf.shape[2] - extra] if extra else buf
 
 
+def wider_frame(x: torch.Tensor, pad, stride, mode: str):
+    """(x's frame buffer, e) when x is framed in `mode` by f = pad + e·stride pixels on both axes, e >= 1 (an
+    unpadded conv of the buffer then gives the output padded by e: output j' reads the buffer from j'·stride, the
+    inside from j'·stride - f, the padded conv's output j' - e); None otherwise."""
+    frame = getattr(x, "tdms_frame", None)
+    if frame is None or frame[2] != mode:
+        return None
+    extra = {divmod(frame[1] - p, s) for p, s in zip(pad, stride, strict=True)}
+    if len(extra) != 1:
+        return None
+    (e, rest), = extra
+    return (frame[0], e) if e >= 1 and rest == 0 else None
+
+
 def frame_output(out: torch.Tensor, frame: int, mode: str = "reflect") -> torch.Tensor:
     """A conv's output that came out `frame` pixels larger each side (its frame read zeros or padding): the frame
     overwritten with the padding of the inside in `mode`, given as the inside's view (framed). frame 0: out."""
@@ -194,8 +208,18 @@ def padded_conv(packs: dict, parts, weight, bias, pad, stride=(1, 1), mode: str 
 
     With `frame` (no `add`) the output comes `frame` pixels larger each side, that frame the reflection of the
     inside, given as the inside's view (framed) for a next conv to read: the parts are then copied, padded by
-    `stride` more input pixels for each pixel of the frame."""
+    `stride` more input pixels for each pixel of the frame.
+
+    One part given in a frame wider than `pad` by e·stride pixels (in `mode`, no `add`): the conv runs unpadded on
+    the frame's buffer, and its output, e pixels larger each side, comes framed by e (that border overwritten as
+    `mode` pads the inside), whatever `frame` asks."""
     (ph, pw), (sh, sw), (kh, kw) = pad, stride, weight.shape[-2:]
+    wide = wider_frame(parts[0], pad, stride, mode) if len(parts) == 1 and add is None else None
+    if wide is not None:
+        buf, extra = wide
+        out = conv_call(buf, packed(packs, name + " padded", weight, buf.shape, (0, 0), stride), bias, (0, 0), stride,
+                        act)
+        return frame_output(out, extra, mode)
     given = frame_rows(parts[0], ph, pw, mode) if len(parts) == 1 and not frame else None
     if given is not None or len(parts) > 1 or stride != (1, 1) or frame:
         x = given if given is not None else padded(parts, ph + sh * frame, pw + sw * frame, mode)

@@ -93,7 +93,8 @@ class TDMSNet(nn.Module):
         self.conv3 = conv(nf * 4, nf * 4, 3, 2)
         # prepacked on CPU, these give their outputs in a one-pixel frame padded as the next layer pads
         # (ConvLayer.frame): reflection for conv2a, conv2b and the residual blocks
-        self.conv1a.frame = self.conv1b.frame = self.conv3.frame = 1
+        self.conv1b.frame = self.conv3.frame = 1
+        self.conv1a.frame = 3  # E1a: read by conv2a (stride 2, its output then framed by 1) and deconv3 (7×7)
         self.ResBlocks = blocks(5)
         self.ResBlocks_w = blocks(2)
         self.ResBlocks_f = blocks(3)
@@ -114,6 +115,9 @@ class TDMSNet(nn.Module):
         self.ResBlocks.frame_mode = "replicate"
         self.ResBlocks_w.frame_mode = self.ResBlocks_f.frame_mode = "zeros"
         self.deconv1_w.frame = self.deconv1_f.frame = 1
+        # and for the 7×7 output layers' reflection: a frame of 3 for every input they read
+        self.deconv2.frame = self.deconv2_w.frame = self.deconv2_f.frame = 3
+        self.deconv2_w.frame_mode = self.deconv2_f.frame_mode = "reflect"
 
     def _head_blocks(self, blocks: nn.Sequential, e3):
         if self.original_quirks:  # each block applied to E3, only the last output kept

@@ -254,3 +254,44 @@ def test_a_chain_leaves_the_frame_it_was_given_as_it_was(dtype):
         want = [c(e.contiguous(memory_format=CL)) for c in chains]
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+def frame_is_padding(x: torch.Tensor, pad: int, mode: str):
+    buf = frame_of(x, pad, mode)
+    assert buf is not None, f"no {mode} frame of {pad}"
+    torch.testing.assert_close(buf, F.pad(x.contiguous(), (pad,) * 4, mode="constant" if mode == "zeros" else mode),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_output_layers_read_frames_of_three(dtype):
+    """TDMS-Net's wiring around its 7×7 output layers, small: a 7×7 layer framed by 3 is read by a stride-2 conv
+    (its frame 2 wider than that conv pads: the output comes framed by 1) and by a column layer; an upsample-conv
+    and a transposed conv framed by 3 in reflection feed column layers. Every frame is what F.pad makes, and every
+    layer gives on the framed inputs what it gives on plain copies of them."""
+    torch.manual_seed(0)
+    first, down = ConvLayer(6, 8, 7, act=True), ConvLayer(8, 16, 3, 2, act=True)
+    up, trans = UpsampleConvLayer(16, 8, 3, act=True), TransposedConv(16, 8, act=True)
+    two, one = ColumnConvLayer(16, 3, 7), ColumnConvLayer(8, 3, 7)
+    first.frame = up.frame = trans.frame = 3
+    trans.frame_mode = "reflect"
+    layers_ = [prepack(m.to(dtype, memory_format=CL)) for m in (first, down, up, trans, two, one)]
+    first, down, up, trans, two, one = layers_
+    parts = inputs((3, 3), (16, 22), dtype)
+
+    def plain(x):
+        return x.contiguous(memory_format=CL)
+
+    with torch.inference_mode():
+        e = first(*parts)
+        frame_is_padding(e, 3, "reflect")
+        e2 = down(e)
+        frame_is_padding(e2, 1, "reflect")
+        torch.testing.assert_close(e2, down(plain(e)))
+        r, m = up(e2), trans(e2)
+        frame_is_padding(r, 3, "reflect")
+        frame_is_padding(m, 3, "reflect")
+        torch.testing.assert_close(r, up(plain(e2)))
+        torch.testing.assert_close(m, trans(plain(e2)))
+        torch.testing.assert_close(two(r, e), two(plain(r), plain(e)))
+        torch.testing.assert_close(one(m), one(plain(m)))
