@@ -262,13 +262,22 @@ def interleave_into(out: torch.Tensor, y: torch.Tensor, cout: int, h: int, w: in
     strided = memory_format(y) == torch.channels_last and out.stride(1) == 1 and not torch.compiler.is_compiling()
     if linear and strided:
         # offsets (oy + a·ky, ox + b·kx): in NHWC memory y's phase (a, b) at (i, j) starts at
-        # i·sh + j·sw + a·(ky·sh + 2·cout) + b·(kx·sw + cout), and out is (n, i, a, j, b, c), so one strided copy
-        # moves all four phases (1.6× faster than four copies; dynamo does not trace the strided view)
+        # i·sh + j·sw + a·(ky·sh + 2·cout) + b·(kx·sw + cout), and out is (n, i, a, j, b, c) (dynamo does not
+        # trace these strided views). With kx = 0 a pixel's two column phases are 2·cout channels in a row of y:
+        # one copy moves all four phases (1.6× faster than four); else one copy a column phase, whose rows of
+        # w·cout run as one loop each (1.4–1.6× faster than one copy of cout-channel pieces, 1.2× than four)
         sn, _, sh, sw = y.stride()
-        src = y.as_strided((y.shape[0], h, 2, w, 2, cout), (sn, sh, ky * sh + 2 * cout, sw, kx * sw + cout, 1),
-                           y.storage_offset() + oy * sh + ox * sw)
         on, _, oh, ow = out.stride()
-        out.as_strided((y.shape[0], h, 2, w, 2, cout), (on, 2 * oh, oh, 2 * ow, ow, 1)).copy_(src)
+        start = y.storage_offset() + oy * sh + ox * sw
+        if kx == 0:
+            shape = (y.shape[0], h, 2, w, 2, cout)
+            src = y.as_strided(shape, (sn, sh, ky * sh + 2 * cout, sw, cout, 1), start)
+            out.as_strided(shape, (on, 2 * oh, oh, 2 * ow, ow, 1)).copy_(src)
+            return out
+        shape = (y.shape[0], h, 2, w, cout)
+        for b in range(2):
+            src = y.as_strided(shape, (sn, sh, ky * sh + 2 * cout, sw, 1), start + b * (kx * sw + cout))
+            out.as_strided(shape, (on, 2 * oh, oh, 2 * ow, 1), out.storage_offset() + b * ow).copy_(src)
         return out
     for p, ((a, b), (dy, dx)) in enumerate(zip(PHASES, offsets, strict=True)):
         out[:, :, a::2, b::2] = y[:, p * cout:(p + 1) * cout, dy:dy + h, dx:dx + w]
