@@ -15,8 +15,8 @@ from training_rate import flows_on_crops
 
 from tdms.devices import auto_dtype, cpu_info
 from tdms.frames.io import read_frame
-from tdms.nets.layers import UpsampleConvLayer
 from tdms.nets.tdms_net import TDMSNet
+from tdms.nets.upsampling import UpsampleConvLayer
 
 PER_SIZE = ("height", "width", "frames", "gmac_per_frame", "forward_variants", "dtype", "channels_last", "compile",
             "cuda_graph", "end_to_end_fps", "forward_fps", "naive_fps", "batched_videos", "batched_fps",

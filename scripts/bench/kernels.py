@@ -17,7 +17,9 @@ from skimage import data as skdata
 
 from tdms.frames.writers import write_frame
 from tdms.inference.fast import AMP
-from tdms.nets.layers import ColumnConvLayer, ConvLayer, UpsampleConvLayer
+from tdms.nets.column_conv import ColumnConvLayer
+from tdms.nets.layers import ConvLayer
+from tdms.nets.upsampling import UpsampleConvLayer
 
 
 def size(text: str) -> tuple[int, int]:

@@ -12,7 +12,9 @@ import torch
 import torch.nn as nn
 
 from tdms.errors import UserError
-from tdms.nets.layers import NORMS, ColumnConvLayer, ConvLayer, ResidualBlock, ResidualChain, UpsampleConvLayer
+from tdms.nets.column_conv import ColumnConvLayer
+from tdms.nets.layers import NORMS, ConvLayer, ResidualBlock, ResidualChain
+from tdms.nets.upsampling import UpsampleConvLayer
 
 State = tuple[torch.Tensor, torch.Tensor]  # (hidden, cell), each (B,4nf,H/4,W/4)
 

@@ -1,8 +1,8 @@
-"""The prepacked CPU path of the layers (nets/layers.py): oneDNN convolutions on weights reordered once into its
-blocked layout, with the leaky ReLU or a residual sum fused in, and no more copies of an activation than one,
-padded: an input of several parts is padded in the copy that concatenates them (padded), one part is read as it is
-(zero padding and the border recomputed from strips: padded_conv) or in the frame its producer left around it
-(framed).
+"""The prepacked CPU path of the layers (nets/layers.py, column_conv.py, upsampling.py): oneDNN convolutions on
+weights reordered once into its blocked layout, with the leaky ReLU or a residual sum fused in, and no more copies of
+an activation than one, padded: an input of several parts is padded in the copy that concatenates them (padded),
+one part is read as it is (zero padding and the border recomputed from strips: padded_conv) or in the frame its
+producer left around it (framed).
 
 A layer takes it after `prepack(net)` (inference/fast.py applies it to its own copy of a network), with grad off,
 on channels_last fp32, or bf16 where the CPU computes it natively (AVX512-BF16/AMX); anything else takes the

@@ -34,15 +34,9 @@ import torch.nn.functional as F
 from tdms.errors import UserError
 from tdms.flow.occlusion import leaves_frame, occlusion_mask
 from tdms.flow.warp import warp
-from tdms.nets.layers import (
-    NORMS,
-    ColumnConvLayer,
-    ConvLayer,
-    ResidualBlock,
-    ResidualChain,
-    TransposedConv,
-    UpsampleConvLayer,
-)
+from tdms.nets.column_conv import ColumnConvLayer
+from tdms.nets.layers import NORMS, ConvLayer, ResidualBlock, ResidualChain
+from tdms.nets.upsampling import TransposedConv, UpsampleConvLayer
 
 FLOW_SCALE = 20.0  # the flow head's output is multiplied by 20 (pixels)
 GATES = ("none", "difference")

@@ -7,8 +7,10 @@ from tdms.config import Config
 from tdms.files import save_atomic
 from tdms.flow.warp import warp
 from tdms.nets.build import load_model
-from tdms.nets.layers import ColumnConvLayer, ConvLayer, UpsampleConvLayer
+from tdms.nets.column_conv import ColumnConvLayer
+from tdms.nets.layers import ConvLayer
 from tdms.nets.tdms_net import TDMSNet
+from tdms.nets.upsampling import UpsampleConvLayer
 
 
 def expected_parameters(nf=32):

@@ -7,17 +7,12 @@ import torch.nn.functional as F
 
 from tdms.devices import native_bf16
 from tdms.inference.fast import Step
-from tdms.nets import layers, prepacked
-from tdms.nets.layers import (
-    ColumnConvLayer,
-    ConvLayer,
-    ResidualBlock,
-    ResidualChain,
-    TransposedConv,
-    UpsampleConvLayer,
-)
+from tdms.nets import layers, prepacked, upsampling
+from tdms.nets.column_conv import ColumnConvLayer
+from tdms.nets.layers import ConvLayer, ResidualBlock, ResidualChain
 from tdms.nets.prepacked import can_prepack, frame_of, prepack
 from tdms.nets.tdms_net import TDMSNet
+from tdms.nets.upsampling import TransposedConv, UpsampleConvLayer
 
 CL = torch.channels_last
 DTYPES = [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
@@ -190,14 +185,14 @@ def test_too_small_to_pad_is_a_clear_error():
 
 
 @pytest.mark.parametrize("fmt", [CL, torch.contiguous_format])
-@pytest.mark.parametrize("offsets", [layers.PHASES, [(1, 1)] * 4, [(0, 1), (0, 2), (1, 1), (1, 2)],
+@pytest.mark.parametrize("offsets", [upsampling.PHASES, [(1, 1)] * 4, [(0, 1), (0, 2), (1, 1), (1, 2)],
                                      [(0, 0), (1, 0), (0, 1), (1, 1)]])  # the last not of the form (a·ky, b·kx)
 def test_interleave_puts_each_phase_at_its_offset(offsets, fmt):
     y = torch.randn(2, 4 * 5, 8, 11).contiguous(memory_format=fmt)
     want = torch.empty(2, 5, 12, 16)
-    for p, ((a, b), (dy, dx)) in enumerate(zip(layers.PHASES, offsets, strict=True)):
+    for p, ((a, b), (dy, dx)) in enumerate(zip(upsampling.PHASES, offsets, strict=True)):
         want[:, :, a::2, b::2] = y[:, p * 5:(p + 1) * 5, dy:dy + 6, dx:dx + 8]
-    torch.testing.assert_close(layers.interleave(y, 5, 6, 8, offsets), want, rtol=0, atol=0)
+    torch.testing.assert_close(upsampling.interleave(y, 5, 6, 8, offsets), want, rtol=0, atol=0)
 
 
 def test_frame_rows_reads_the_frame_in_place():
