@@ -103,8 +103,9 @@ def test_falls_back_to_the_plain_ops_where_the_path_does_not_apply():
     assert can_prepack(torch.bfloat16) == native_bf16(torch.device("cpu"))
 
 
+@pytest.mark.parametrize("batch", [1, 2])  # two videos at once (dataset mode): frames' row views are then copied
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16])
-def test_inference_step_prepacks_its_copy_and_keeps_the_output(dtype):
+def test_inference_step_prepacks_its_copy_and_keeps_the_output(dtype, batch):
     """fast.Step prepacks its own copy of TDMS-Net (the caller's model keeps its plain layers); O_t matches the
     plain forward: fp32 to 1e-5, bf16 within the inference tolerance (a mean absolute difference ≤ 5e-3)."""
     if dtype is not None and not can_prepack(dtype):
@@ -112,7 +113,7 @@ def test_inference_step_prepacks_its_copy_and_keeps_the_output(dtype):
     torch.manual_seed(0)
     model = TDMSNet().eval()
     g = torch.Generator().manual_seed(2)
-    frames = [torch.rand(1, 3, 20, 28, generator=g) for _ in range(4)]
+    frames = [torch.rand(batch, 3, 20, 28, generator=g) for _ in range(4)]
     step = Step(model, dtype, True, "cpu")
     with torch.inference_mode():
         want = model(*frames)["output"]
