@@ -98,28 +98,28 @@ class ColumnConvLayer(ConvLayer):
         k = self.conv2d.kernel_size[0]
         weight = self.conv2d.weight
         cols = weight.permute(3, 0, 1, 2).reshape(k * weight.shape[0], -1, k, 1)  # channel d·C + c: column d's share
-        bufs = [frame_of(p, k // 2) for p in parts]
-        if fast(self, parts, weight) and all(b is not None for b in bufs):  # every part in a reflected frame of k//2
-            # the k×1 convs run unpadded on the frames: the shares come for the reflected columns too, which are the
-            # reflection of the shares (a k×1 conv reads one column), so the 1×k sum runs unpadded on them
-            z = None
-            for i, buf in enumerate(bufs):
-                share = self.column_share(i, parts, cols)
-                z = conv_call(buf, packed(self.packs, f"cols {i} framed", share, buf.shape), None, (0, 0), (1, 1),
-                              False, z)
-            pick = derived(self.packs, "pick", weight.dtype, lambda: pick_shares(weight.shape[0], k, weight.dtype))
-            out = conv_call(z, packed(self.packs, "pick framed", pick, z.shape), self.conv2d.bias, (0, 0), (1, 1),
-                            False)
-            return leaky(out, self.act)
         if fast(self, parts, weight):  # the shift and sum as a 1×k conv of the shares, their columns reflected
             # one conv a part, each adding the one before (a fused sum): no concatenated copy of the full-resolution
-            # parts (the residual head's cat(r, e1a): 64 channels at 854×480, 52 MB written and read again)
+            # parts (the residual head's cat(r, e1a): 64 channels at 854×480, 52 MB written and read again).
+            # Every part in a reflected frame of k//2: the k×1 convs run unpadded on the frames, and the shares they
+            # give for the reflected columns are the reflection of the shares (a k×1 conv reads one column), so the
+            # 1×k sum runs unpadded on them too
+            bufs = [frame_of(p, k // 2) for p in parts]
+            in_frames = all(b is not None for b in bufs)
             z = None
-            for i, part in enumerate(parts):
+            for i, (part, buf) in enumerate(zip(parts, bufs, strict=True)):
                 share = self.column_share(i, parts, cols)
-                z = padded_conv(self.packs, (part,), share, None, (k // 2, 0), add=z, name=f"cols {i}")
+                if in_frames:
+                    z = conv_call(buf, packed(self.packs, f"cols {i} framed", share, buf.shape), None, (0, 0), (1, 1),
+                                  False, z)
+                else:
+                    z = padded_conv(self.packs, (part,), share, None, (k // 2, 0), add=z, name=f"cols {i}")
             pick = derived(self.packs, "pick", weight.dtype, lambda: pick_shares(weight.shape[0], k, weight.dtype))
-            out = padded_conv(self.packs, (z,), pick, self.conv2d.bias, (0, k // 2), name="pick")
+            if in_frames:
+                out = conv_call(z, packed(self.packs, "pick framed", pick, z.shape), self.conv2d.bias, (0, 0),
+                                (1, 1), False)
+            else:
+                out = padded_conv(self.packs, (z,), pick, self.conv2d.bias, (0, k // 2), name="pick")
             return leaky(out, self.act)  # (no norm on this path)
         else:
             x = cat(parts)

@@ -215,17 +215,16 @@ def padded_conv(packs: dict, parts, weight, bias, pad, stride=(1, 1), mode: str 
     `mode` pads the inside), whatever `frame` asks."""
     (ph, pw), (sh, sw), (kh, kw) = pad, stride, weight.shape[-2:]
     wide = wider_frame(parts[0], pad, stride, mode) if len(parts) == 1 and add is None else None
-    if wide is not None:
-        buf, extra = wide
-        out = conv_call(buf, packed(packs, name + " padded", weight, buf.shape, (0, 0), stride), bias, (0, 0), stride,
-                        act)
-        return frame_output(out, extra, mode)
-    given = frame_rows(parts[0], ph, pw, mode) if len(parts) == 1 and not frame else None
+    if wide is not None:  # the buffer, and the frame left over around the output, padded as `mode` pads
+        given, (out_frame, out_mode) = wide[0], (wide[1], mode)
+    else:
+        given = frame_rows(parts[0], ph, pw, mode) if len(parts) == 1 and not frame else None
+        out_frame, out_mode = frame, "reflect"
     if given is not None or len(parts) > 1 or stride != (1, 1) or frame:
         x = given if given is not None else padded(parts, ph + sh * frame, pw + sw * frame, mode)
         out = conv_call(x, packed(packs, name + " padded", weight, x.shape, (0, 0), stride), bias, (0, 0), stride,
                         act, add)
-        return frame_output(out, frame)
+        return frame_output(out, out_frame, out_mode)
     x = parts[0].contiguous(memory_format=torch.channels_last)  # (a framed view of another pad: copied)
     n, _, h, w = x.shape
     out = conv_call(x, packed(packs, name, weight, x.shape, pad, stride), bias, pad, stride, act, add)
